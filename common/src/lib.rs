@@ -1,0 +1,16 @@
+//! What every metalfleet binary shares: config loading with precise errors, exit codes,
+//! telemetry, shutdown on signals and the readiness line.
+//!
+//! Layout:
+//! - [`config`]: TOML files into typed structs; errors name the file, line and key.
+//! - [`exit`]: the exit codes of DESIGN.md's conventions.
+//! - [`telemetry`]: `tracing` to stderr, plus OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! - [`shutdown`]: SIGTERM/SIGINT cancel a root `CancellationToken`.
+//! - [`readiness`]: the `listening addr=HOST:PORT` line that tests and scripts wait for.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod exit;
+pub mod readiness;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,28 @@
+//! Generates the Rust types and tonic stubs from `proto/metalfleet/v1/*.proto`.
+//!
+//! protoc comes from `protoc-bin-vendored`, so a fresh machine needs no install step.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: a build script is single-threaded here, and prost-build reads PROTOC from the environment.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("PROTOC", protoc)
+    };
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let files = [
+        "proto/metalfleet/v1/common.proto",
+        "proto/metalfleet/v1/agent.proto",
+        "proto/metalfleet/v1/fleet.proto",
+        "proto/metalfleet/v1/router.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("metalfleet_descriptor.bin"))
+        .compile_protos(&files, &["proto"])?;
+    Ok(())
+}
