@@ -1,1 +1,6 @@
-//! Placeholder.
+//! End-to-end tests: the real binaries, started as a person or a service manager would start them.
+//!
+//! One test binary for the whole workspace (a build-time choice on a 2-core machine); each area of
+//! the system has its own module.
+
+mod foundation;
