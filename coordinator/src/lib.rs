@@ -1,2 +1,28 @@
-//! Placeholder.
-pub mod maas;
+//! The metalfleet coordinator: keeps the fleet's state, evaluates health, serves agents and operators.
+//!
+//! Layout:
+//! - [`config`]: `coordinator serve`'s configuration (file, `METALFLEET_*`, flags).
+//! - [`domain`]: the coordinator's own types (machines, samples, events, health).
+//! - [`store`]: the one storage interface ([`store::Store`]) and its SQLite implementation.
+//! - [`health`]: the health rules as pure functions.
+//! - [`fleet`]: the live fleet state, the batching writer, the event and evaluator tasks.
+//! - [`grpc`]: AgentService and FleetService, the operator client, and `grpc::convert`, the
+//!   only place that maps wire types to domain types.
+//! - [`pki`]: the private CA and the server certificate.
+//! - [`client_config`]: `client.toml`, written by the server and read by fleetctl.
+//! - [`server`]: `coordinator serve` wired together, with graceful shutdown.
+//! - [`cli`]: fleetctl's logic (settings resolution, tables, JSON), kept out of the binary for tests.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client_config;
+pub mod config;
+pub mod domain;
+pub mod fleet;
+pub mod grpc;
+pub mod health;
+pub mod pki;
+pub mod server;
+pub mod store;
+
+pub use server::serve;

@@ -1,2 +1,97 @@
-//! Placeholder.
-fn main() {}
+//! `coordinator`: the binary. Parses flags, loads the config, binds, and runs [`coordinator::serve`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use coordinator::config::{Config, Overrides};
+use metalfleet_common::config::ProcessEnv;
+use metalfleet_common::exit;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "coordinator", version, about = "The metalfleet coordinator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve agents and operators over gRPC.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see deploy/coordinator.example.toml).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:7443 (port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+    /// Directory for the store, certificates and client.toml.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Serve plaintext gRPC (tests and demos only).
+    #[arg(long)]
+    insecure: bool,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = error.print();
+            std::process::exit(code);
+        }
+    };
+    let Command::Serve(args) = cli.command;
+    let overrides = Overrides { listen: args.listen, state_dir: args.state_dir, insecure: args.insecure };
+    // Config errors are usage errors, reported before any port is bound.
+    let config = match Config::from_sources(args.config.as_deref(), &ProcessEnv, &overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(exit::USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(exit::UNAVAILABLE);
+        }
+    };
+    let code = runtime.block_on(run(config));
+    std::process::exit(code);
+}
+
+async fn run(config: Config) -> i32 {
+    let _telemetry = metalfleet_common::telemetry::init("coordinator", "info");
+    tracing::info!(
+        listen = %config.listen,
+        state_dir = %config.state_dir.display(),
+        insecure = config.insecure,
+        heartbeat_interval = ?config.heartbeat_interval,
+        history_samples = config.history_samples,
+        "config loaded"
+    );
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, listen = %config.listen, "cannot listen; pick another address with --listen");
+            return exit::UNAVAILABLE;
+        }
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(metalfleet_common::shutdown::cancel_on_signals(stop.clone()));
+    match coordinator::serve(listener, config, stop).await {
+        Ok(()) => exit::OK,
+        Err(error) => {
+            tracing::error!(%error, "coordinator failed");
+            1
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! fleetctl's logic.

@@ -1,0 +1,308 @@
+//! The coordinator's configuration: defaults, then the TOML file, then `METALFLEET_*`, then flags.
+//!
+//! Only [`Config::from_sources`] combines the sources, and it is pure: the environment comes in
+//! through [`Env`], so tests never touch the process environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use metalfleet_common::config::{self as common_config, Env, env_parse};
+use serde::Deserialize;
+
+/// The default state directory; `client.toml` there is where fleetctl looks last.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalfleet";
+
+/// Everything `coordinator serve` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Serve plaintext gRPC instead of TLS.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The interval given to agents at Enroll.
+    #[serde(with = "humantime_serde", default = "default_heartbeat_interval")]
+    pub heartbeat_interval: Duration,
+    /// Stored samples kept per machine; older ones are pruned.
+    #[serde(default = "default_history_samples")]
+    pub history_samples: u32,
+    /// How long in-flight calls may run after SIGTERM before the server stops anyway.
+    #[serde(with = "humantime_serde", default = "default_grace_period")]
+    pub grace_period: Duration,
+    /// The largest gRPC message accepted; bigger ones are refused with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Heartbeats waiting to be written; above three quarters of it agents are slowed down.
+    #[serde(default = "default_write_queue")]
+    pub write_queue: usize,
+    /// How often the evaluator looks for machines that stopped sending heartbeats.
+    #[serde(with = "humantime_serde", default = "default_evaluate_every")]
+    pub evaluate_every: Duration,
+    #[serde(default)]
+    pub health: HealthThresholds,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// The MAAS client's settings; read by `coordinator::maas`, not by the core.
+    #[serde(default)]
+    pub maas: Option<toml::Table>,
+}
+
+/// When a machine counts as degraded.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthThresholds {
+    /// A filesystem more used than this is a problem.
+    #[serde(default = "default_disk_used_percent")]
+    pub disk_used_percent: f64,
+    /// Less available memory than this share of the total is a problem.
+    #[serde(default = "default_memory_available_percent")]
+    pub memory_available_percent: f64,
+    /// A one-minute load per logical CPU above this is a problem.
+    #[serde(default = "default_load_per_cpu")]
+    pub load_per_cpu: f64,
+    /// Missed intervals before a machine is unreachable.
+    #[serde(default = "default_missed_heartbeats")]
+    pub missed_heartbeats: u32,
+}
+
+impl Default for HealthThresholds {
+    fn default() -> Self {
+        HealthThresholds {
+            disk_used_percent: default_disk_used_percent(),
+            memory_available_percent: default_memory_available_percent(),
+            load_per_cpu: default_load_per_cpu(),
+            missed_heartbeats: default_missed_heartbeats(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Names and addresses added to the server certificate besides localhost and the hostname.
+    #[serde(default)]
+    pub extra_sans: Vec<String>,
+}
+
+/// Values given on the command line; `None` means "not given".
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // Every field has a serde default, so an empty document is the default config.
+        toml::from_str("").expect("the empty config parses")
+    }
+}
+
+impl Config {
+    /// Combines the sources, lowest priority first: defaults, `file`, `env`, `overrides`.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed (naming file, line and key), a bad environment
+    /// value (naming the variable), or values that do not fit together.
+    pub fn from_sources(file: Option<&Path>, env: &dyn Env, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => common_config::load::<Config>(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = env_parse::<SocketAddr>(env, "METALFLEET_LISTEN")? {
+            config.listen = listen;
+        }
+        if let Some(dir) = env.var("METALFLEET_STATE_DIR") {
+            config.state_dir = PathBuf::from(dir);
+        }
+        if let Some(insecure) = env_parse::<bool>(env, "METALFLEET_INSECURE")? {
+            config.insecure = insecure;
+        }
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &overrides.state_dir {
+            config.state_dir = dir.clone();
+        }
+        if overrides.insecure {
+            config.insecure = true;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that span fields, reporting every problem at once.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing each problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.heartbeat_interval < Duration::from_millis(100) || self.heartbeat_interval > Duration::from_secs(3600) {
+            problems.push("heartbeat_interval must be between 100ms and 1h".to_string());
+        }
+        if self.history_samples == 0 {
+            problems.push("history_samples must be at least 1".to_string());
+        }
+        if self.max_message_bytes < 1024 {
+            problems.push("max_message_bytes must be at least 1024".to_string());
+        }
+        if self.write_queue < 16 {
+            problems.push("write_queue must be at least 16".to_string());
+        }
+        if self.evaluate_every.is_zero() {
+            problems.push("evaluate_every must be above zero".to_string());
+        }
+        let h = &self.health;
+        if !(0.0..=100.0).contains(&h.disk_used_percent) {
+            problems.push("health.disk_used_percent must be between 0 and 100".to_string());
+        }
+        if !(0.0..=100.0).contains(&h.memory_available_percent) {
+            problems.push("health.memory_available_percent must be between 0 and 100".to_string());
+        }
+        if h.load_per_cpu.is_nan() || h.load_per_cpu <= 0.0 {
+            problems.push("health.load_per_cpu must be above zero".to_string());
+        }
+        if h.missed_heartbeats == 0 {
+            problems.push("health.missed_heartbeats must be at least 1".to_string());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
+    }
+}
+
+/// Why the configuration cannot be used. Every variant means exit 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Source(#[from] common_config::Error),
+    #[error("invalid configuration: {0}; fix the config file, environment or flags")]
+    Invalid(String),
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_history_samples() -> u32 {
+    1000
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_message_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_write_queue() -> usize {
+    8192
+}
+fn default_evaluate_every() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_disk_used_percent() -> f64 {
+    90.0
+}
+fn default_memory_available_percent() -> f64 {
+    5.0
+}
+fn default_load_per_cpu() -> f64 {
+    2.0
+}
+fn default_missed_heartbeats() -> u32 {
+    3
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_without_any_source() {
+        let config = Config::from_sources(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/metalfleet"));
+        assert!(!config.insecure);
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(config.history_samples, 1000);
+        assert_eq!(config.health, HealthThresholds::default());
+        assert_eq!(config.max_message_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let file = write("listen = \"127.0.0.1:1000\"\nstate_dir = \"/from/file\"\nheartbeat_interval = \"5s\"\n");
+        let only_file = Config::from_sources(Some(file.path()), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(only_file.listen, "127.0.0.1:1000".parse().unwrap());
+        assert_eq!(only_file.heartbeat_interval, Duration::from_secs(5));
+
+        let vars = env(&[("METALFLEET_LISTEN", "127.0.0.1:2000"), ("METALFLEET_STATE_DIR", "/from/env")]);
+        let with_env = Config::from_sources(Some(file.path()), &vars, &Overrides::default()).unwrap();
+        assert_eq!(with_env.listen, "127.0.0.1:2000".parse().unwrap());
+        assert_eq!(with_env.state_dir, PathBuf::from("/from/env"));
+
+        let flags = Overrides { listen: Some("127.0.0.1:3000".parse().unwrap()), state_dir: None, insecure: true };
+        let with_flags = Config::from_sources(Some(file.path()), &vars, &flags).unwrap();
+        assert_eq!(with_flags.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(with_flags.state_dir, PathBuf::from("/from/env"));
+        assert!(with_flags.insecure);
+    }
+
+    #[test]
+    fn bad_key_names_file_line_and_key() {
+        let file = write("listen = \"127.0.0.1:0\"\n\n[health]\ndisk_percent = 80\n");
+        let error = Config::from_sources(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
+        let text = error.to_string();
+        let expected = format!("{}:4:1: key `health.disk_percent`: unknown field `disk_percent`", file.path().display());
+        assert!(text.starts_with(&expected), "{text}");
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let vars = env(&[("METALFLEET_LISTEN", "nowhere")]);
+        let error = Config::from_sources(None, &vars, &Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("METALFLEET_LISTEN"), "{error}");
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let file = write("history_samples = 0\n[health]\nload_per_cpu = 0.0\n");
+        let error = Config::from_sources(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("history_samples") && text.contains("health.load_per_cpu"), "{text}");
+    }
+
+    #[test]
+    fn maas_table_is_left_for_the_maas_client() {
+        let file = write("[maas]\nurl = \"http://main:5240/MAAS/\"\n");
+        let config = Config::from_sources(Some(file.path()), &env(&[]), &Overrides::default()).unwrap();
+        assert!(config.maas.is_some());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.example.toml");
+        let config = Config::from_sources(Some(&path), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(config.health.disk_used_percent, 90.0);
+    }
+}

@@ -1,0 +1,441 @@
+//! The live fleet: who is enrolled, when each was last heard, its health; the writer and evaluator tasks.
+//!
+//! The in-memory map is the source of truth for liveness and health while the coordinator runs;
+//! the store follows it. Heartbeats go to the store through a bounded queue that one writer task
+//! drains in batches (one transaction per batch), so 1,000 agents cost a few commits a second.
+//! Health transitions are decided under the map's lock and queued in that order, and one event
+//! task persists them and broadcasts them, so event ids follow the order of the decisions.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HealthThresholds;
+use crate::domain::{Enrollment, Event, Health, Inventory, Machine, MachineView, NewEvent, Sample, kinds};
+use crate::health;
+use crate::store::{SampleWrite, Store, StoreError};
+
+/// Heartbeats written per transaction at most.
+const MAX_BATCH: usize = 1024;
+/// Live events buffered per WatchEvents subscriber before it must catch up from the store.
+const EVENT_BROADCAST: usize = 1024;
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("machine {0} is not enrolled; the agent must enroll again")]
+    NotEnrolled(String),
+    #[error("no machine is named {0:?}; use a machine id, hostname or MAAS system_id from `fleetctl machines list`")]
+    NoSuchMachine(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the coordinator is shutting down; retry against the restarted coordinator")]
+    ShuttingDown,
+}
+
+/// The settings the fleet needs from the config.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub thresholds: HealthThresholds,
+    pub heartbeat_interval: Duration,
+    pub write_queue: usize,
+    pub evaluate_every: Duration,
+}
+
+/// One heartbeat message, already converted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    pub machine_id: String,
+    pub samples: Vec<Sample>,
+    /// 0 when the agent did not say.
+    pub interval_ms: u32,
+    pub dropped_samples: u64,
+}
+
+struct Live {
+    machine: Machine,
+    latest: Option<Sample>,
+    /// Where the silence clock starts: the last heartbeat, or the coordinator's start for
+    /// machines it has not heard from since, so a restart does not mark everyone unreachable.
+    silent_since: Instant,
+}
+
+/// A health change decided under the lock, waiting for the event task.
+struct Pending {
+    event: NewEvent,
+    health: Option<(Health, Vec<String>)>,
+}
+
+/// The fleet's shared state. Create it with [`Fleet::start`].
+pub struct Fleet {
+    store: Arc<dyn Store>,
+    settings: FleetSettings,
+    machines: Mutex<HashMap<String, Live>>,
+    pending: Mutex<VecDeque<Pending>>,
+    pending_ready: Notify,
+    events: broadcast::Sender<Event>,
+    writes: mpsc::Sender<SampleWrite>,
+}
+
+/// The fleet's background tasks; await [`FleetTasks::join`] after cancelling to flush the queues.
+pub struct FleetTasks {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl FleetTasks {
+    /// Waits for the writer, event and evaluator tasks to drain and stop.
+    pub async fn join(self) {
+        for handle in self.handles {
+            if let Err(error) = handle.await {
+                tracing::error!(%error, "a fleet task failed");
+            }
+        }
+    }
+}
+
+impl Fleet {
+    /// Loads the fleet from the store and starts the writer, event and evaluator tasks, which stop
+    /// (after draining) when `stop` is cancelled.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        settings: FleetSettings,
+        stop: CancellationToken,
+    ) -> Result<(Arc<Fleet>, FleetTasks), FleetError> {
+        let now = Instant::now();
+        let mut machines = HashMap::new();
+        for machine in store.machines().await? {
+            let latest = store.latest_sample(&machine.id).await?;
+            machines.insert(machine.id.clone(), Live { machine, latest, silent_since: now });
+        }
+        let (writes, queue) = mpsc::channel(settings.write_queue);
+        let (events, _) = broadcast::channel(EVENT_BROADCAST);
+        let fleet = Arc::new(Fleet {
+            store,
+            settings,
+            machines: Mutex::new(machines),
+            pending: Mutex::new(VecDeque::new()),
+            pending_ready: Notify::new(),
+            events,
+            writes,
+        });
+        let handles = vec![
+            tokio::spawn(writer_task(fleet.store.clone(), queue, stop.clone())),
+            tokio::spawn(event_task(fleet.clone(), stop.clone())),
+            tokio::spawn(evaluator_task(fleet.clone(), stop)),
+        ];
+        Ok((fleet, FleetTasks { handles }))
+    }
+
+    pub fn settings(&self) -> &FleetSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.machines.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn queue(&self, pending: Pending) {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).push_back(pending);
+        self.pending_ready.notify_one();
+    }
+
+    /// Creates or finds the machine of `enrollment.agent_id` and returns it with its interval.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn enroll(&self, enrollment: Enrollment) -> Result<Machine, FleetError> {
+        let interval_ms = u32::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
+        let now = Utc::now();
+        let enrolled = self.store.enroll(enrollment, interval_ms, now).await?;
+        let machine = enrolled.machine;
+        let mut machines = self.lock();
+        let live = machines.entry(machine.id.clone()).or_insert_with(|| Live {
+            machine: machine.clone(),
+            latest: None,
+            silent_since: Instant::now(),
+        });
+        live.machine.hostname = machine.hostname.clone();
+        live.machine.mac_addresses = machine.mac_addresses.clone();
+        live.machine.agent_version = machine.agent_version.clone();
+        live.machine.heartbeat_interval_ms = interval_ms;
+        live.silent_since = Instant::now();
+        let message = if enrolled.created {
+            format!("{} enrolled (agent {})", machine.hostname, machine.agent_id)
+        } else {
+            format!("{} enrolled again (agent {})", machine.hostname, machine.agent_id)
+        };
+        let event = NewEvent {
+            at: now,
+            machine_id: machine.id.clone(),
+            hostname: machine.hostname.clone(),
+            kind: kinds::ENROLLED.to_string(),
+            message,
+            from_health: None,
+            to_health: None,
+        };
+        let result = live.machine.clone();
+        self.queue(Pending { event, health: None });
+        Ok(result)
+    }
+
+    /// Stores the machine's inventory; returns whether it changed.
+    ///
+    /// # Errors
+    /// [`FleetError::NotEnrolled`] for an unknown machine, or a store failure.
+    pub async fn report_inventory(&self, machine_id: &str, inventory: Inventory) -> Result<bool, FleetError> {
+        if !self.lock().contains_key(machine_id) {
+            return Err(FleetError::NotEnrolled(machine_id.to_string()));
+        }
+        match self.store.put_inventory(machine_id, inventory).await {
+            Err(StoreError::NoSuchMachine(id)) => Err(FleetError::NotEnrolled(id)),
+            other => Ok(other?),
+        }
+    }
+
+    /// Records a heartbeat: liveness now, the samples, and the health they imply.
+    ///
+    /// Waits while the write queue is full: that is the backpressure an agent's stream feels.
+    ///
+    /// # Errors
+    /// [`FleetError::NotEnrolled`] for an unknown machine; [`FleetError::ShuttingDown`] once the
+    /// writer has stopped.
+    pub async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<(), FleetError> {
+        let received_at = Utc::now();
+        let interval_ms = {
+            let mut machines = self.lock();
+            let live = machines
+                .get_mut(&heartbeat.machine_id)
+                .ok_or_else(|| FleetError::NotEnrolled(heartbeat.machine_id.clone()))?;
+            live.silent_since = Instant::now();
+            live.machine.last_seen = Some(received_at);
+            if heartbeat.interval_ms > 0 {
+                live.machine.heartbeat_interval_ms = heartbeat.interval_ms;
+            }
+            if let Some(last) = heartbeat.samples.last() {
+                live.latest = Some(last.clone());
+            }
+            let (health, reasons) = match &live.latest {
+                Some(sample) => health::evaluate_sample(sample, &self.settings.thresholds),
+                None => (Health::Unknown, Vec::new()),
+            };
+            if let Some(pending) = transition(live, health, reasons, received_at) {
+                self.queue(pending);
+            }
+            live.machine.heartbeat_interval_ms
+        };
+        if heartbeat.dropped_samples > 0 {
+            tracing::debug!(machine_id = %heartbeat.machine_id, dropped = heartbeat.dropped_samples, "agent dropped samples");
+        }
+        let write = SampleWrite { machine_id: heartbeat.machine_id, samples: heartbeat.samples, received_at, interval_ms };
+        self.writes.send(write).await.map_err(|_| FleetError::ShuttingDown)
+    }
+
+    /// Notes that the agent was told to sample at `interval_ms`. Only lengthens the interval used
+    /// for silence, because the agent may still be waiting out its old, longer interval.
+    pub fn note_interval(&self, machine_id: &str, interval_ms: u32) {
+        if let Some(live) = self.lock().get_mut(machine_id) {
+            live.machine.heartbeat_interval_ms = live.machine.heartbeat_interval_ms.max(interval_ms);
+        }
+    }
+
+    /// Heartbeats waiting to be written, and the queue's capacity.
+    pub fn write_queue(&self) -> (usize, usize) {
+        let capacity = self.writes.max_capacity();
+        (capacity - self.writes.capacity(), capacity)
+    }
+
+    /// Marks every machine silent for longer than its limit as unreachable.
+    pub fn evaluate_silence(&self, now: Instant) {
+        let at = Utc::now();
+        let mut machines = self.lock();
+        for live in machines.values_mut() {
+            if matches!(live.machine.health, Health::Unreachable | Health::Unknown) {
+                continue;
+            }
+            let limit = health::silence_limit(live.machine.heartbeat_interval_ms, &self.settings.thresholds);
+            let silent_for = now.saturating_duration_since(live.silent_since);
+            if silent_for >= limit {
+                let reason =
+                    health::unreachable_reason(silent_for, live.machine.heartbeat_interval_ms, &self.settings.thresholds);
+                if let Some(pending) = transition(live, Health::Unreachable, vec![reason], at) {
+                    self.queue(pending);
+                }
+            }
+        }
+    }
+
+    /// Every machine with its latest sample, ordered by hostname.
+    pub fn machines(&self) -> Vec<MachineView> {
+        let mut list: Vec<MachineView> = self
+            .lock()
+            .values()
+            .map(|live| MachineView {
+                machine: live.machine.clone(),
+                latest_sample: live.latest.clone(),
+                inventory: None,
+                history: Vec::new(),
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.machine.hostname, &a.machine.id).cmp(&(&b.machine.hostname, &b.machine.id)));
+        list
+    }
+
+    /// One machine by id, hostname or MAAS system_id, with its inventory and `history` samples.
+    ///
+    /// # Errors
+    /// [`FleetError::NoSuchMachine`], or a store failure.
+    pub async fn machine(&self, name: &str, history: u32) -> Result<MachineView, FleetError> {
+        let (machine, latest) = {
+            let machines = self.lock();
+            let found = machines.get(name).or_else(|| {
+                machines
+                    .values()
+                    .find(|l| l.machine.hostname == name || l.machine.system_id.as_deref() == Some(name))
+            });
+            let live = found.ok_or_else(|| FleetError::NoSuchMachine(name.to_string()))?;
+            (live.machine.clone(), live.latest.clone())
+        };
+        let inventory = self.store.inventory(&machine.id).await?;
+        let history = if history > 0 { self.store.history(&machine.id, history).await? } else { Vec::new() };
+        Ok(MachineView { machine, latest_sample: latest, inventory, history })
+    }
+
+    /// Live events from now on. Subscribe before reading stored events so none fall in between.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Stored events after `after_id` (see [`Store::events`]).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn stored_events(&self, after_id: u64, limit: Option<u32>) -> Result<Vec<Event>, FleetError> {
+        Ok(self.store.events(after_id, limit).await?)
+    }
+
+    /// Persists queued health changes and events in the order they were decided, and
+    /// broadcasts the events. A change without a kind only updates the stored reasons.
+    async fn flush_pending(&self) {
+        loop {
+            let next = self.pending.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+            let Some(Pending { event, health }) = next else { return };
+            if let Some((health, reasons)) = health
+                && let Err(error) = self.store.set_health(&event.machine_id, health, reasons).await
+            {
+                tracing::warn!(%error, machine_id = %event.machine_id, "storing a health change failed");
+            }
+            if event.kind.is_empty() {
+                continue;
+            }
+            match self.store.append_event(event).await {
+                Ok(event) => {
+                    tracing::info!(machine_id = %event.machine_id, kind = %event.kind, "{}", event.message);
+                    // No subscribers is fine: the event is stored.
+                    let _ = self.events.send(event);
+                }
+                Err(error) => tracing::warn!(%error, "storing an event failed"),
+            }
+        }
+    }
+}
+
+/// Applies a new health to `live` and describes the change, or returns `None` when nothing changed.
+fn transition(live: &mut Live, health: Health, reasons: Vec<String>, at: DateTime<Utc>) -> Option<Pending> {
+    let from = live.machine.health;
+    if from == health && live.machine.health_reasons == reasons {
+        return None;
+    }
+    live.machine.health = health;
+    live.machine.health_reasons = reasons.clone();
+    let record = Some((health, reasons.clone()));
+    if from == health {
+        // Only the reasons changed: store them, but it is not an event.
+        let event = NewEvent {
+            at,
+            machine_id: live.machine.id.clone(),
+            hostname: live.machine.hostname.clone(),
+            kind: String::new(),
+            message: String::new(),
+            from_health: Some(from),
+            to_health: Some(health),
+        };
+        return Some(Pending { event, health: record });
+    }
+    let why = if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join("; ")) };
+    let event = NewEvent {
+        at,
+        machine_id: live.machine.id.clone(),
+        hostname: live.machine.hostname.clone(),
+        kind: kinds::HEALTH_CHANGED.to_string(),
+        message: format!("{} is {health} (was {from}){why}", live.machine.hostname),
+        from_health: Some(from),
+        to_health: Some(health),
+    };
+    Some(Pending { event, health: record })
+}
+
+async fn writer_task(store: Arc<dyn Store>, mut queue: mpsc::Receiver<SampleWrite>, stop: CancellationToken) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = tokio::select! {
+            biased;
+            received = queue.recv() => received,
+            _ = stop.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let count = batch.len();
+        if let Err(error) = store.record_samples(std::mem::take(&mut batch)).await {
+            tracing::warn!(%error, heartbeats = count, "writing heartbeats failed; these samples are lost");
+        }
+    }
+    // Drain what was accepted before the stop, so no acknowledged heartbeat is lost.
+    queue.close();
+    while let Some(write) = queue.recv().await {
+        batch.push(write);
+        if batch.len() >= MAX_BATCH {
+            let _ = store.record_samples(std::mem::take(&mut batch)).await;
+        }
+    }
+    if let Err(error) = store.record_samples(batch).await {
+        tracing::warn!(%error, "writing the last heartbeats failed");
+    }
+    tracing::debug!("heartbeat writer stopped");
+}
+
+async fn event_task(fleet: Arc<Fleet>, stop: CancellationToken) {
+    loop {
+        fleet.flush_pending().await;
+        tokio::select! {
+            _ = fleet.pending_ready.notified() => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    fleet.flush_pending().await;
+}
+
+async fn evaluator_task(fleet: Arc<Fleet>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(fleet.settings.evaluate_every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            now = tick.tick() => fleet.evaluate_silence(now),
+        }
+    }
+}

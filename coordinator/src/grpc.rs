@@ -1,0 +1,25 @@
+//! The gRPC edge: AgentService and FleetService on top of [`crate::fleet::Fleet`], and the operator client.
+//!
+//! Wire types appear only in this module; [`convert`] is the one place that maps them to domain types.
+
+pub mod agent_service;
+pub mod client;
+pub mod convert;
+pub mod fleet_service;
+
+use tonic::Status;
+
+use crate::fleet::FleetError;
+
+/// The gRPC status for a fleet error; messages say what the caller should do.
+pub fn status(error: FleetError) -> Status {
+    match &error {
+        FleetError::NotEnrolled(_) => Status::not_found(error.to_string()),
+        FleetError::NoSuchMachine(_) => Status::not_found(error.to_string()),
+        FleetError::ShuttingDown => Status::unavailable(error.to_string()),
+        FleetError::Store(_) => {
+            tracing::error!(%error, "store failure");
+            Status::internal(format!("{error}; see the coordinator's log"))
+        }
+    }
+}

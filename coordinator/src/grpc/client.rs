@@ -1,0 +1,135 @@
+//! The operators' client of FleetService, returning domain types (used by fleetctl and tests).
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use proto::v1 as pb;
+use proto::v1::fleet_service_client::FleetServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use super::convert;
+use crate::domain::{Event, MachineView};
+
+/// How to reach a coordinator.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// `https://HOST:PORT` or `http://HOST:PORT`.
+    pub url: String,
+    /// PEM of the CA that signed the coordinator's certificate (needed for https).
+    pub ca_pem: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Why a call to the coordinator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the coordinator at {url}: {reason}; check that it runs and that the address is right")]
+    Unreachable { url: String, reason: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("the coordinator answered {}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+}
+
+impl ClientError {
+    fn from_status(url: &str, status: tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable => ClientError::Unreachable { url: url.to_string(), reason: status.message().to_string() },
+            _ => ClientError::Status(status),
+        }
+    }
+}
+
+/// A connected FleetService client.
+#[derive(Debug, Clone)]
+pub struct FleetClient {
+    inner: FleetServiceClient<Channel>,
+    url: String,
+    request_timeout: Duration,
+}
+
+/// Connects (eagerly, so an unreachable coordinator is reported at once).
+///
+/// # Errors
+/// [`ClientError::Usage`] for a bad URL or an https URL without a CA; [`ClientError::Unreachable`]
+/// when the connection or TLS handshake fails.
+pub async fn connect(settings: &ClientSettings) -> Result<FleetClient, ClientError> {
+    let url = settings.url.clone();
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| ClientError::Usage(format!("bad coordinator address {url:?}: {e}; use https://HOST:PORT")))?
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let ca = settings.ca_pem.as_ref().ok_or_else(|| {
+            ClientError::Usage(format!(
+                "{url} uses TLS but no CA is configured; pass --ca-file (the coordinator's ca.pem) or set ca_file in client.toml"
+            ))
+        })?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Usage(format!("bad TLS settings: {e}")))?;
+    } else if !url.starts_with("http://") {
+        return Err(ClientError::Usage(format!("bad coordinator address {url:?}; use https://HOST:PORT or http://HOST:PORT")));
+    }
+    let channel = endpoint.connect().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: error_chain(&e) })?;
+    Ok(FleetClient { inner: FleetServiceClient::new(channel), url, request_timeout: settings.request_timeout })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl FleetClient {
+    async fn unary<T, F>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ClientError::from_status(&self.url, status)),
+            Err(_) => Err(ClientError::Unreachable {
+                url: self.url.clone(),
+                reason: format!("no answer within {:?}", self.request_timeout),
+            }),
+        }
+    }
+
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn list_machines(&self) -> Result<Vec<MachineView>, ClientError> {
+        let mut client = self.inner.clone();
+        let response = self.unary(client.list_machines(pb::ListMachinesRequest {})).await?;
+        Ok(response.machines.into_iter().map(convert::machine).collect())
+    }
+
+    /// # Errors
+    /// See [`ClientError`]; an unknown name is a `NOT_FOUND` status.
+    pub async fn machine(&self, name: &str, history: u32) -> Result<MachineView, ClientError> {
+        let mut client = self.inner.clone();
+        let request = pb::GetMachineRequest { name: name.to_string(), history };
+        Ok(convert::machine(self.unary(client.get_machine(request)).await?))
+    }
+
+    /// Stored events after `after_id` (the newest `limit` when non-zero), then live ones with `follow`.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn events(
+        &self,
+        after_id: u64,
+        follow: bool,
+        limit: u32,
+    ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+        let mut client = self.inner.clone();
+        let stream = self.unary(client.watch_events(pb::WatchEventsRequest { after_id, follow, limit })).await?;
+        let url = self.url.clone();
+        Ok(stream.map(move |item| item.map(convert::event).map_err(|status| ClientError::from_status(&url, status))))
+    }
+}

@@ -1,0 +1,137 @@
+//! `coordinator serve`: the store, the fleet tasks, TLS, and the tonic server, with a graceful drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use proto::v1::agent_service_server::AgentServiceServer;
+use proto::v1::fleet_service_server::FleetServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, ServerTlsConfig};
+
+use crate::client_config::{self, ClientConfig};
+use crate::config::Config;
+use crate::fleet::{Fleet, FleetError, FleetSettings};
+use crate::grpc::agent_service::AgentApi;
+use crate::grpc::fleet_service::FleetApi;
+use crate::pki::{self, PkiError};
+use crate::store::{SqliteStore, Store, StoreError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create the state directory {path}: {source}; create it or pass --state-dir")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("cannot write {path}: {source}; check the state directory's permissions")]
+    ClientConfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot read the listener's address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Serves on `listener` (already bound) until `stop` is cancelled, then drains for
+/// `config.grace_period` and flushes the write queue.
+///
+/// Prints the readiness line once everything is set up.
+///
+/// # Errors
+/// Set-up failures (state directory, store, certificates) and transport failures.
+pub async fn serve(listener: TcpListener, config: Config, stop: CancellationToken) -> Result<(), ServeError> {
+    let bound = listener.local_addr().map_err(ServeError::Listener)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state_dir, config.history_samples)?);
+    let settings = FleetSettings {
+        thresholds: config.health,
+        heartbeat_interval: config.heartbeat_interval,
+        write_queue: config.write_queue,
+        evaluate_every: config.evaluate_every,
+    };
+    // The fleet's tasks outlive the server by a little: they flush what the last calls queued.
+    let fleet_stop = CancellationToken::new();
+    let (fleet, tasks) = Fleet::start(store, settings, fleet_stop.clone()).await?;
+
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+    let ca_file = if config.insecure {
+        tracing::warn!("serving plaintext gRPC (--insecure); use it for tests and demos only");
+        None
+    } else {
+        let pki = pki::ensure(&config.state_dir, &config.tls.extra_sans)?;
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(&pki.cert_pem, &pki.key_pem));
+        builder = builder.tls_config(tls)?;
+        Some(pki.ca_path)
+    };
+    let client_path = config.state_dir.join(client_config::FILE_NAME);
+    ClientConfig::for_listener(bound, ca_file, config.insecure)
+        .write(&client_path)
+        .map_err(|source| ServeError::ClientConfig { path: client_path.clone(), source })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    health.set_serving::<FleetServiceServer<FleetApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| ServeError::Listener(std::io::Error::other(error.to_string())))?;
+
+    let limit = config.max_message_bytes;
+    let agents = AgentServiceServer::new(AgentApi::new(fleet.clone(), stop.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let operators = FleetServiceServer::new(FleetApi::new(fleet.clone(), stop.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let router = builder.add_service(health_service).add_service(reflection).add_service(agents).add_service(operators);
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tracing::info!(addr = %bound, tls = !config.insecure, state_dir = %config.state_dir.display(), client_config = %client_path.display(), "coordinator listening");
+    metalfleet_common::readiness::announce(bound);
+
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = stop.cancelled() => {
+            tracing::info!(grace_period = ?config.grace_period, "draining");
+            match tokio::time::timeout(config.grace_period, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("drain overran the grace period; closing the remaining connections");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+    fleet_stop.cancel();
+    tasks.join().await;
+    tracing::info!("stopped");
+    match result {
+        Ok(outcome) => Ok(outcome?),
+        Err(join) => Err(ServeError::Listener(std::io::Error::other(join.to_string()))),
+    }
+}
+
+/// The address to bind for `config`, for callers that bind before calling [`serve`].
+pub fn listen_addr(config: &Config) -> SocketAddr {
+    config.listen
+}
