@@ -35,6 +35,10 @@ pub const MAX_SAMPLES_PER_MESSAGE: usize = 100;
 /// A connection that stayed up this long was healthy: the next failure starts the backoff from its base.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
+/// A fresh process re-executes only after this many samples: a budget below the start-up footprint
+/// must not turn into a re-exec loop.
+const REEXEC_AFTER_TICKS: u32 = 10;
+
 /// The shortest interval a directive may set; a coordinator bug must not turn agents into a busy loop.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -189,6 +193,7 @@ async fn sample_loop(mut state: SampleLoop) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every.min(Duration::from_secs(1)), every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sampler = Some(state.sampler);
+    let (mut ticks, mut warned) = (0u32, false);
     loop {
         tokio::select! {
             _ = state.stop.cancelled() => return,
@@ -213,9 +218,17 @@ async fn sample_loop(mut state: SampleLoop) {
                 sampler = Some(back);
                 lock(&state.buffer).push(sample);
                 state.sampled.notify_one();
+                ticks += 1;
                 if let Some(rss) = crate::footprint::rss_bytes()
                     && rss > state.memory_budget
                 {
+                    if ticks < REEXEC_AFTER_TICKS {
+                        if !warned {
+                            warn!(rss_bytes = rss, memory_budget_bytes = state.memory_budget, "memory budget exceeded right after start; raise memory_budget (re-executing would not help)");
+                            warned = true;
+                        }
+                        continue;
+                    }
                     warn!(rss_bytes = rss, memory_budget_bytes = state.memory_budget, "memory budget exceeded; saving the buffer and re-executing");
                     state.over_budget.store(true, std::sync::atomic::Ordering::SeqCst);
                     state.stop.cancel();
