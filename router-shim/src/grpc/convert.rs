@@ -1,0 +1,161 @@
+//! Domain <-> wire conversions for `metalfleet.v1.RouterShim`, in one place.
+//!
+//! Messages are destructured field by field so that a new proto field breaks the build here.
+
+use std::time::SystemTime;
+
+use proto::v1 as pb;
+
+use crate::model::{self, InvalidInput, PortForward, Protocol, RemoteManagement, RouterState};
+use crate::probe::{DhcpOffer, ProbeReport};
+use crate::shim::ChangeOutcome;
+
+pub fn protocol_to_wire(protocol: Protocol) -> pb::Protocol {
+    match protocol {
+        Protocol::Tcp => pb::Protocol::Tcp,
+        Protocol::Udp => pb::Protocol::Udp,
+    }
+}
+
+pub fn protocol_from_wire(value: i32) -> Result<Protocol, InvalidInput> {
+    match pb::Protocol::try_from(value) {
+        Ok(pb::Protocol::Tcp) => Ok(Protocol::Tcp),
+        Ok(pb::Protocol::Udp) => Ok(Protocol::Udp),
+        _ => Err(InvalidInput::Protocol(format!("protocol enum value {value}"))),
+    }
+}
+
+pub fn forward_to_wire(forward: &PortForward) -> pb::PortForward {
+    let PortForward { name, protocol, external_port, target, protected } = forward;
+    pb::PortForward {
+        name: name.clone(),
+        protocol: protocol_to_wire(*protocol) as i32,
+        external_port: u32::from(*external_port),
+        target_ip: target.ip().to_string(),
+        target_port: u32::from(target.port()),
+        protected: *protected,
+    }
+}
+
+pub fn forward_from_wire(forward: pb::PortForward) -> Result<PortForward, InvalidInput> {
+    let pb::PortForward { name, protocol, external_port, target_ip, target_port, protected } = forward;
+    let target = model::parse_target(&format!("{target_ip}:{target_port}"))?;
+    Ok(PortForward {
+        name,
+        protocol: protocol_from_wire(protocol)?,
+        external_port: model::validate_port(external_port)?,
+        target,
+        protected,
+    })
+}
+
+pub fn management_to_wire(management: &RemoteManagement) -> pb::RemoteManagement {
+    pb::RemoteManagement {
+        enabled: management.enabled,
+        allowed_from: management.allowed_from.iter().map(ToString::to_string).collect(),
+    }
+}
+
+pub fn management_from_wire(enabled: bool, allowed_from: &[String]) -> Result<RemoteManagement, InvalidInput> {
+    let allowed_from = allowed_from.iter().map(|c| model::parse_cidr(c)).collect::<Result<Vec<_>, _>>()?;
+    Ok(RemoteManagement { enabled, allowed_from })
+}
+
+pub fn state_to_wire(state: &RouterState, read_at: SystemTime) -> pb::RouterState {
+    let RouterState { backend, dhcp_enabled, dhcp_pool, forwards, remote_management } = state;
+    pb::RouterState {
+        backend: backend.clone(),
+        dhcp_enabled: *dhcp_enabled,
+        dhcp_pool: dhcp_pool.clone(),
+        forwards: forwards.iter().map(forward_to_wire).collect(),
+        remote_management: Some(management_to_wire(remote_management)),
+        read_at: Some(read_at.into()),
+    }
+}
+
+pub fn state_from_wire(state: pb::RouterState) -> Result<RouterState, InvalidInput> {
+    let pb::RouterState { backend, dhcp_enabled, dhcp_pool, forwards, remote_management, read_at: _ } = state;
+    let remote_management = match remote_management {
+        Some(m) => management_from_wire(m.enabled, &m.allowed_from)?,
+        None => RemoteManagement::default(),
+    };
+    Ok(RouterState {
+        backend,
+        dhcp_enabled,
+        dhcp_pool,
+        forwards: forwards.into_iter().map(forward_from_wire).collect::<Result<_, _>>()?,
+        remote_management,
+    })
+}
+
+pub fn outcome_to_wire(outcome: &ChangeOutcome) -> pb::ChangeResult {
+    let now = SystemTime::now();
+    pb::ChangeResult {
+        changed: outcome.changed,
+        before: Some(state_to_wire(&outcome.before, now)),
+        after: Some(state_to_wire(&outcome.after, now)),
+        pending_change_id: outcome.pending.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+        confirm_deadline: outcome.pending.as_ref().map(|p| p.deadline.into()),
+    }
+}
+
+pub fn offer_to_wire(offer: &DhcpOffer) -> pb::DhcpOffer {
+    let DhcpOffer { server_identifier, source_ip, source_mac, offered_ip, next_server, boot_file, xid } = offer;
+    pb::DhcpOffer {
+        server_identifier: server_identifier.to_string(),
+        source_ip: source_ip.to_string(),
+        source_mac: source_mac.clone(),
+        offered_ip: offered_ip.to_string(),
+        next_server: next_server.clone(),
+        boot_file: boot_file.clone(),
+        xid: *xid,
+    }
+}
+
+pub fn report_to_wire(report: &ProbeReport) -> pb::ProbeDhcpResponse {
+    pb::ProbeDhcpResponse {
+        offers: report.offers.iter().map(offer_to_wire).collect(),
+        discovers_sent: report.discovers_sent,
+        window_ms: u32::try_from(report.window_ms).unwrap_or(u32::MAX),
+        interface: report.interface.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips() {
+        let state = RouterState {
+            backend: "linux".into(),
+            dhcp_enabled: true,
+            dhcp_pool: "172.16.0.100-172.16.0.200".into(),
+            forwards: vec![PortForward {
+                name: "main-ssh".into(),
+                protocol: Protocol::Udp,
+                external_port: 2222,
+                target: "172.16.0.3:22".parse().unwrap(),
+                protected: true,
+            }],
+            remote_management: RemoteManagement { enabled: true, allowed_from: vec!["10.0.0.0/8".parse().unwrap()] },
+        };
+        assert_eq!(state_from_wire(state_to_wire(&state, SystemTime::now())).unwrap(), state);
+    }
+
+    #[test]
+    fn wire_forward_is_checked() {
+        let mut wire = forward_to_wire(&PortForward {
+            name: "a".into(),
+            protocol: Protocol::Tcp,
+            external_port: 1,
+            target: "172.16.0.3:22".parse().unwrap(),
+            protected: false,
+        });
+        wire.external_port = 70000;
+        assert_eq!(forward_from_wire(wire.clone()), Err(InvalidInput::Port(70000)));
+        wire.external_port = 22;
+        wire.protocol = 0;
+        assert!(forward_from_wire(wire).is_err());
+    }
+}
