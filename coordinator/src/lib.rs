@@ -21,6 +21,7 @@ pub mod domain;
 pub mod fleet;
 pub mod grpc;
 pub mod health;
+pub mod maas;
 pub mod pki;
 pub mod server;
 pub mod store;
