@@ -7,7 +7,8 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: a build script is single-threaded here, and prost-build reads PROTOC from the environment.
-    #[allow(unsafe_code)]
+    // The clippy ban on set_var is for tests; a build script has no other way to pass PROTOC.
+    #[allow(unsafe_code, clippy::disallowed_methods)]
     unsafe {
         std::env::set_var("PROTOC", protoc)
     };
