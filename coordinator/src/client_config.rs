@@ -73,7 +73,8 @@ mod tests {
     fn written_file_loads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let config = ClientConfig::for_listener("127.0.0.1:4000".parse().unwrap(), Some(dir.path().join("ca.pem")), false);
+        let config =
+            ClientConfig::for_listener("127.0.0.1:4000".parse().unwrap(), Some(dir.path().join("ca.pem")), false);
         config.write(&path).unwrap();
         assert_eq!(ClientConfig::load(&path).unwrap(), config);
         let text = std::fs::read_to_string(&path).unwrap();

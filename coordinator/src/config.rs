@@ -272,7 +272,8 @@ mod tests {
         let file = write("listen = \"127.0.0.1:0\"\n\n[health]\ndisk_percent = 80\n");
         let error = Config::from_sources(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
         let text = error.to_string();
-        let expected = format!("{}:4:1: key `health.disk_percent`: unknown field `disk_percent`", file.path().display());
+        let expected =
+            format!("{}:4:1: key `health.disk_percent`: unknown field `disk_percent`", file.path().display());
         assert!(text.starts_with(&expected), "{text}");
     }
 

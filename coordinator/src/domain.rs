@@ -255,7 +255,8 @@ mod tests {
 
     #[test]
     fn worst_disk_ignores_empty_filesystems() {
-        let fs = |total, available| FilesystemUsage { total_bytes: total, available_bytes: available, ..Default::default() };
+        let fs =
+            |total, available| FilesystemUsage { total_bytes: total, available_bytes: available, ..Default::default() };
         let sample = Sample { filesystems: vec![fs(0, 0), fs(100, 50), fs(200, 20)], ..Default::default() };
         assert_eq!(sample.worst_disk_percent(), Some(90.0));
         assert_eq!(Sample::default().worst_disk_percent(), None);

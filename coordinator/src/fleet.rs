@@ -235,7 +235,8 @@ impl Fleet {
         if heartbeat.dropped_samples > 0 {
             tracing::debug!(machine_id = %heartbeat.machine_id, dropped = heartbeat.dropped_samples, "agent dropped samples");
         }
-        let write = SampleWrite { machine_id: heartbeat.machine_id, samples: heartbeat.samples, received_at, interval_ms };
+        let write =
+            SampleWrite { machine_id: heartbeat.machine_id, samples: heartbeat.samples, received_at, interval_ms };
         self.writes.send(write).await.map_err(|_| FleetError::ShuttingDown)
     }
 
@@ -264,8 +265,11 @@ impl Fleet {
             let limit = health::silence_limit(live.machine.heartbeat_interval_ms, &self.settings.thresholds);
             let silent_for = now.saturating_duration_since(live.silent_since);
             if silent_for >= limit {
-                let reason =
-                    health::unreachable_reason(silent_for, live.machine.heartbeat_interval_ms, &self.settings.thresholds);
+                let reason = health::unreachable_reason(
+                    silent_for,
+                    live.machine.heartbeat_interval_ms,
+                    &self.settings.thresholds,
+                );
                 if let Some(pending) = transition(live, Health::Unreachable, vec![reason], at) {
                     self.queue(pending);
                 }
@@ -297,9 +301,7 @@ impl Fleet {
         let (machine, latest) = {
             let machines = self.lock();
             let found = machines.get(name).or_else(|| {
-                machines
-                    .values()
-                    .find(|l| l.machine.hostname == name || l.machine.system_id.as_deref() == Some(name))
+                machines.values().find(|l| l.machine.hostname == name || l.machine.system_id.as_deref() == Some(name))
             });
             let live = found.ok_or_else(|| FleetError::NoSuchMachine(name.to_string()))?;
             (live.machine.clone(), live.latest.clone())
@@ -437,5 +439,168 @@ async fn evaluator_task(fleet: Arc<Fleet>, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             now = tick.tick() => fleet.evaluate_silence(now),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::FilesystemUsage;
+    use crate::store::SqliteStore;
+
+    fn settings() -> FleetSettings {
+        FleetSettings {
+            thresholds: HealthThresholds::default(),
+            heartbeat_interval: Duration::from_secs(1),
+            write_queue: 64,
+            evaluate_every: Duration::from_secs(3600),
+        }
+    }
+
+    fn enrollment(agent_id: &str) -> Enrollment {
+        Enrollment {
+            agent_id: agent_id.to_string(),
+            hostname: format!("host-{agent_id}"),
+            mac_addresses: vec![],
+            agent_version: "test".to_string(),
+        }
+    }
+
+    fn sample(disk_available: u64) -> Sample {
+        Sample {
+            filesystems: vec![FilesystemUsage {
+                mount_point: "/".into(),
+                total_bytes: 100,
+                available_bytes: disk_available,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    async fn next_health_change(events: &mut broadcast::Receiver<Event>) -> Event {
+        let wait = async {
+            loop {
+                let event = events.recv().await.unwrap();
+                if event.kind == kinds::HEALTH_CHANGED {
+                    return event;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait).await.expect("a health change within the deadline")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_makes_a_machine_unreachable_after_three_of_its_intervals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
+        let stop = CancellationToken::new();
+        let (fleet, tasks) = Fleet::start(store, settings(), stop.clone()).await.unwrap();
+        let mut events = fleet.subscribe();
+        let id = fleet.enroll(enrollment("a")).await.unwrap().id;
+        let heartbeat =
+            Heartbeat { machine_id: id.clone(), samples: vec![sample(50)], interval_ms: 2000, dropped_samples: 0 };
+        fleet.heartbeat(heartbeat).await.unwrap();
+        let healthy = next_health_change(&mut events).await;
+        assert_eq!((healthy.from_health, healthy.to_health), (Some(Health::Unknown), Some(Health::Healthy)));
+
+        let start = Instant::now();
+        fleet.evaluate_silence(start + Duration::from_millis(5999));
+        assert_eq!(fleet.machine(&id, 0).await.unwrap().machine.health, Health::Healthy, "3 x 2s not yet over");
+        tokio::time::advance(Duration::from_millis(6000)).await;
+        fleet.evaluate_silence(Instant::now());
+        let unreachable = next_health_change(&mut events).await;
+        assert_eq!(unreachable.to_health, Some(Health::Unreachable));
+        assert!(unreachable.message.contains("no heartbeat for 6.0s"), "{}", unreachable.message);
+
+        let heartbeat = Heartbeat { machine_id: id.clone(), samples: vec![], interval_ms: 2000, dropped_samples: 0 };
+        fleet.heartbeat(heartbeat).await.unwrap();
+        let back = next_health_change(&mut events).await;
+        assert_eq!((back.from_health, back.to_health), (Some(Health::Unreachable), Some(Health::Healthy)));
+        stop.cancel();
+        tasks.join().await;
+    }
+
+    #[tokio::test]
+    async fn degraded_and_back_are_events_and_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
+        let stop = CancellationToken::new();
+        let (fleet, tasks) = Fleet::start(store.clone(), settings(), stop.clone()).await.unwrap();
+        let mut events = fleet.subscribe();
+        let id = fleet.enroll(enrollment("a")).await.unwrap().id;
+        for available in [50, 5, 50] {
+            let heartbeat = Heartbeat {
+                machine_id: id.clone(),
+                samples: vec![sample(available)],
+                interval_ms: 0,
+                dropped_samples: 0,
+            };
+            fleet.heartbeat(heartbeat).await.unwrap();
+        }
+        let changes: Vec<(Option<Health>, Option<Health>)> = [
+            next_health_change(&mut events).await,
+            next_health_change(&mut events).await,
+            next_health_change(&mut events).await,
+        ]
+        .iter()
+        .map(|e| (e.from_health, e.to_health))
+        .collect();
+        assert_eq!(
+            changes,
+            vec![
+                (Some(Health::Unknown), Some(Health::Healthy)),
+                (Some(Health::Healthy), Some(Health::Degraded)),
+                (Some(Health::Degraded), Some(Health::Healthy)),
+            ]
+        );
+        stop.cancel();
+        tasks.join().await;
+        // The writer flushed on stop: every sample is stored, and so is the health.
+        assert_eq!(store.history(&id, 10).await.unwrap().len(), 3);
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().health, Health::Healthy);
+        let kinds: Vec<String> = store.events(0, None).await.unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec!["enrolled", "health_changed", "health_changed", "health_changed"]);
+    }
+
+    #[tokio::test]
+    async fn unknown_machine_is_not_enrolled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
+        let stop = CancellationToken::new();
+        let (fleet, tasks) = Fleet::start(store, settings(), stop.clone()).await.unwrap();
+        let heartbeat = Heartbeat { machine_id: "ghost".into(), samples: vec![], interval_ms: 0, dropped_samples: 0 };
+        assert!(matches!(fleet.heartbeat(heartbeat).await, Err(FleetError::NotEnrolled(id)) if id == "ghost"));
+        assert!(matches!(fleet.report_inventory("ghost", Inventory::default()).await, Err(FleetError::NotEnrolled(_))));
+        stop.cancel();
+        tasks.join().await;
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_machines_and_does_not_mark_them_unreachable_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
+            let stop = CancellationToken::new();
+            let (fleet, tasks) = Fleet::start(store, settings(), stop.clone()).await.unwrap();
+            let id = fleet.enroll(enrollment("a")).await.unwrap().id;
+            let heartbeat =
+                Heartbeat { machine_id: id.clone(), samples: vec![sample(50)], interval_ms: 1000, dropped_samples: 0 };
+            fleet.heartbeat(heartbeat).await.unwrap();
+            stop.cancel();
+            tasks.join().await;
+            id
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
+        let stop = CancellationToken::new();
+        let (fleet, tasks) = Fleet::start(store, settings(), stop.clone()).await.unwrap();
+        fleet.evaluate_silence(Instant::now());
+        let view = fleet.machine("host-a", 10).await.unwrap();
+        assert_eq!(view.machine.id, id);
+        assert_eq!(view.machine.health, Health::Healthy);
+        assert_eq!(view.history.len(), 1);
+        assert!(view.latest_sample.is_some());
+        stop.cancel();
+        tasks.join().await;
     }
 }

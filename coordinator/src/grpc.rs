@@ -23,3 +23,6 @@ pub fn status(error: FleetError) -> Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

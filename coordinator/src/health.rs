@@ -23,19 +23,15 @@ pub fn evaluate_sample(sample: &Sample, thresholds: &HealthThresholds) -> (Healt
     if sample.memory_total_bytes > 0 {
         let available = sample.memory_available_bytes as f64 * 100.0 / sample.memory_total_bytes as f64;
         if available < thresholds.memory_available_percent {
-            reasons.push(format!(
-                "memory available is {available:.1}% (under {}%)",
-                thresholds.memory_available_percent
-            ));
+            reasons
+                .push(format!("memory available is {available:.1}% (under {}%)", thresholds.memory_available_percent));
         }
     }
     if sample.logical_cpus > 0 {
         let per_cpu = sample.load1 / f64::from(sample.logical_cpus);
         if per_cpu > thresholds.load_per_cpu {
-            reasons.push(format!(
-                "load1 {:.2} is {per_cpu:.2} per CPU (over {})",
-                sample.load1, thresholds.load_per_cpu
-            ));
+            reasons
+                .push(format!("load1 {:.2} is {per_cpu:.2} per CPU (over {})", sample.load1, thresholds.load_per_cpu));
         }
     }
     if reasons.is_empty() { (Health::Healthy, reasons) } else { (Health::Degraded, reasons) }
@@ -113,10 +109,7 @@ mod tests {
         check(
             sample,
             HealthThresholds::default(),
-            (
-                Health::Degraded,
-                &["memory available is 3.1% (under 5%)", "load1 9.00 is 2.25 per CPU (over 2)"],
-            ),
+            (Health::Degraded, &["memory available is 3.1% (under 5%)", "load1 9.00 is 2.25 per CPU (over 2)"]),
         );
     }
 

@@ -46,13 +46,31 @@ pub enum ServeError {
 }
 
 /// Serves on `listener` (already bound) until `stop` is cancelled, then drains for
-/// `config.grace_period` and flushes the write queue.
-///
-/// Prints the readiness line once everything is set up.
+/// `config.grace_period` and flushes the write queue. See [`prepare`] and [`Prepared::run`].
 ///
 /// # Errors
 /// Set-up failures (state directory, store, certificates) and transport failures.
 pub async fn serve(listener: TcpListener, config: Config, stop: CancellationToken) -> Result<(), ServeError> {
+    prepare(listener, config, stop).await?.run().await
+}
+
+/// A server whose store, certificates and `client.toml` exist, ready to [`run`](Prepared::run).
+pub struct Prepared {
+    router: tonic::transport::server::Router,
+    incoming: TcpIncoming,
+    bound: SocketAddr,
+    config: Config,
+    stop: CancellationToken,
+    fleet_stop: CancellationToken,
+    tasks: crate::fleet::FleetTasks,
+    health: tonic_health::server::HealthReporter,
+}
+
+/// Opens the store, starts the fleet's tasks, creates the certificates and writes `client.toml`.
+///
+/// # Errors
+/// The state directory, store or certificates cannot be set up.
+pub async fn prepare(listener: TcpListener, config: Config, stop: CancellationToken) -> Result<Prepared, ServeError> {
     let bound = listener.local_addr().map_err(ServeError::Listener)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
@@ -103,35 +121,47 @@ pub async fn serve(listener: TcpListener, config: Config, stop: CancellationToke
     let router = builder.add_service(health_service).add_service(reflection).add_service(agents).add_service(operators);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(addr = %bound, tls = !config.insecure, state_dir = %config.state_dir.display(), client_config = %client_path.display(), "coordinator listening");
-    metalfleet_common::readiness::announce(bound);
-
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
-    let result = tokio::select! {
-        result = &mut server => result,
-        _ = stop.cancelled() => {
-            tracing::info!(grace_period = ?config.grace_period, "draining");
-            match tokio::time::timeout(config.grace_period, &mut server).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!("drain overran the grace period; closing the remaining connections");
-                    server.abort();
-                    Ok(Ok(()))
-                }
-            }
-        }
-    };
-    health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
-    fleet_stop.cancel();
-    tasks.join().await;
-    tracing::info!("stopped");
-    match result {
-        Ok(outcome) => Ok(outcome?),
-        Err(join) => Err(ServeError::Listener(std::io::Error::other(join.to_string()))),
-    }
+    Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health })
 }
 
-/// The address to bind for `config`, for callers that bind before calling [`serve`].
-pub fn listen_addr(config: &Config) -> SocketAddr {
-    config.listen
+impl Prepared {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.bound
+    }
+
+    /// Prints the readiness line and serves until the stop token is cancelled, then drains.
+    ///
+    /// # Errors
+    /// The transport failed.
+    pub async fn run(self) -> Result<(), ServeError> {
+        let Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health } = self;
+        let client_path = config.state_dir.join(client_config::FILE_NAME);
+        tracing::info!(addr = %bound, tls = !config.insecure, state_dir = %config.state_dir.display(), client_config = %client_path.display(), "coordinator listening");
+        metalfleet_common::readiness::announce(bound);
+
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+        let result = tokio::select! {
+            result = &mut server => result,
+            _ = stop.cancelled() => {
+                tracing::info!(grace_period = ?config.grace_period, "draining");
+                match tokio::time::timeout(config.grace_period, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("drain overran the grace period; closing the remaining connections");
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+        fleet_stop.cancel();
+        tasks.join().await;
+        tracing::info!("stopped");
+        match result {
+            Ok(outcome) => Ok(outcome?),
+            Err(join) => Err(ServeError::Listener(std::io::Error::other(join.to_string()))),
+        }
+    }
 }

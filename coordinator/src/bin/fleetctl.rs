@@ -1,2 +1,179 @@
-//! Placeholder.
-fn main() {}
+//! `fleetctl`: the operators' command line over the coordinator's FleetService.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use coordinator::cli::{self, CliError, GlobalArgs};
+use coordinator::grpc::client::{self, FleetClient};
+use futures::StreamExt;
+use metalfleet_common::config::ProcessEnv;
+use metalfleet_common::exit;
+
+#[derive(Debug, Parser)]
+#[command(name = "fleetctl", version, about = "Look after a metalfleet fleet")]
+struct Cli {
+    /// Client config (client.toml). Default: $METALFLEET_CLIENT_CONFIG, ~/.config/metalfleet/client.toml,
+    /// then /var/lib/metalfleet/client.toml.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Coordinator address, e.g. https://127.0.0.1:7443 [env: METALFLEET_COORDINATOR].
+    #[arg(long, global = true, value_name = "URL")]
+    coordinator: Option<String>,
+    /// CA certificate that signed the coordinator's certificate.
+    #[arg(long, global = true, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// Talk plaintext gRPC (to a coordinator started with --insecure).
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every machine's health at a glance.
+    Status {
+        /// Exit 1 when any machine is not healthy.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Enrolled machines.
+    Machines {
+        #[command(subcommand)]
+        command: MachinesCommand,
+    },
+    /// Fleet events (enrollments, health changes).
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Only the newest N stored events.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MachinesCommand {
+    /// List enrolled machines.
+    List,
+    /// One machine: inventory, latest sample and recent history.
+    Show {
+        /// Hostname, machine id or MAAS system_id.
+        name: String,
+        /// How many stored samples to show.
+        #[arg(long, default_value_t = 10)]
+        history: u32,
+    },
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = error.print();
+            std::process::exit(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(exit::UNAVAILABLE);
+        }
+    };
+    let code = runtime.block_on(async {
+        let _telemetry = metalfleet_common::telemetry::init("fleetctl", "warn");
+        match run(cli).await {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {error}");
+                error.exit_code()
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> Result<i32, CliError> {
+    let global =
+        GlobalArgs { config: cli.config, coordinator: cli.coordinator, ca_file: cli.ca_file, insecure: cli.insecure };
+    let target = cli::resolve_target(&global, &ProcessEnv)?;
+    let settings = cli::client_settings(&target)?;
+    tracing::debug!(url = %target.url, config = ?target.from_file, "connecting");
+    let client = client::connect(&settings).await?;
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Status { check } => status(&client, json, check).await,
+        Command::Machines { command: MachinesCommand::List } => machines_list(&client, json).await,
+        Command::Machines { command: MachinesCommand::Show { name, history } } => {
+            let view = client.machine(&name, history).await?;
+            if json {
+                print_json(&cli::machine_detail_json(&view))?;
+            } else {
+                print(&cli::machine_detail_text(&view, chrono::Utc::now()))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Events { follow, limit } => events(&client, json, follow, limit.unwrap_or(0)).await,
+    }
+}
+
+async fn status(client: &FleetClient, json: bool, check: bool) -> Result<i32, CliError> {
+    let machines = client.list_machines().await?;
+    if json {
+        print_json(&cli::status_document(&machines))?;
+    } else {
+        print(&cli::status_table(&machines, chrono::Utc::now()))?;
+    }
+    Ok(if check { cli::status_exit_code(&machines) } else { exit::OK })
+}
+
+async fn machines_list(client: &FleetClient, json: bool) -> Result<i32, CliError> {
+    let machines = client.list_machines().await?;
+    if json {
+        let list: Vec<_> = machines.iter().map(cli::machine_json).collect();
+        print_json(&serde_json::json!({ "machines": list }))?;
+    } else {
+        print(&cli::machines_table(&machines, chrono::Utc::now()))?;
+    }
+    Ok(exit::OK)
+}
+
+async fn events(client: &FleetClient, json: bool, follow: bool, limit: u32) -> Result<i32, CliError> {
+    let mut stream = Box::pin(client.events(0, follow, limit).await?);
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        let line = if json {
+            serde_json::to_string(&cli::event_json(&event)).map_err(|e| CliError::Failed(e.to_string()))?
+        } else {
+            cli::event_line(&event)
+        };
+        print(&format!("{line}\n"))?;
+    }
+    Ok(exit::OK)
+}
+
+fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
+    print(&format!("{text}\n"))
+}
+
+/// Writes to stdout and flushes, so `--follow` output reaches pipes at once.
+fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::Failed(format!("cannot write output: {e}")))
+}

@@ -35,7 +35,9 @@ pub enum ClientError {
 impl ClientError {
     fn from_status(url: &str, status: tonic::Status) -> Self {
         match status.code() {
-            tonic::Code::Unavailable => ClientError::Unreachable { url: url.to_string(), reason: status.message().to_string() },
+            tonic::Code::Unavailable => {
+                ClientError::Unreachable { url: url.to_string(), reason: status.message().to_string() }
+            }
             _ => ClientError::Status(status),
         }
     }
@@ -69,9 +71,12 @@ pub async fn connect(settings: &ClientSettings) -> Result<FleetClient, ClientErr
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
         endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Usage(format!("bad TLS settings: {e}")))?;
     } else if !url.starts_with("http://") {
-        return Err(ClientError::Usage(format!("bad coordinator address {url:?}; use https://HOST:PORT or http://HOST:PORT")));
+        return Err(ClientError::Usage(format!(
+            "bad coordinator address {url:?}; use https://HOST:PORT or http://HOST:PORT"
+        )));
     }
-    let channel = endpoint.connect().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: error_chain(&e) })?;
+    let channel =
+        endpoint.connect().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: error_chain(&e) })?;
     Ok(FleetClient { inner: FleetServiceClient::new(channel), url, request_timeout: settings.request_timeout })
 }
 

@@ -422,7 +422,11 @@ mod tests {
                 available_bytes: 10,
             }],
             temperatures: vec![Temperature { label: "cpu".into(), celsius: 41.0 }],
-            networks: vec![NetworkRate { interface: "eth0".into(), rx_bytes_per_second: 1.0, tx_bytes_per_second: 2.0 }],
+            networks: vec![NetworkRate {
+                interface: "eth0".into(),
+                rx_bytes_per_second: 1.0,
+                tx_bytes_per_second: 2.0,
+            }],
             uptime_seconds: 99,
             logical_cpus: 8,
         }
@@ -441,7 +445,13 @@ mod tests {
             physical_cores: 4,
             logical_cpus: 8,
             memory_total_bytes: 1 << 34,
-            disks: vec![BlockDevice { name: "sda".into(), size_bytes: 1 << 40, model: "m".into(), serial: "s".into(), rotational: true }],
+            disks: vec![BlockDevice {
+                name: "sda".into(),
+                size_bytes: 1 << 40,
+                model: "m".into(),
+                serial: "s".into(),
+                rotational: true,
+            }],
             interfaces: vec![NetworkInterface {
                 name: "eth0".into(),
                 mac: "52:54:00:aa:bb:cc".into(),

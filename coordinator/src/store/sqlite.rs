@@ -97,7 +97,8 @@ impl SqliteStore {
     /// The file cannot be opened or a migration fails.
     pub fn open(state_dir: &Path, history_samples: u32) -> Result<Self, StoreError> {
         let path = state_dir.join(FILE_NAME);
-        let open = |path: &Path| Connection::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source });
+        let open =
+            |path: &Path| Connection::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source });
         let mut write = open(&path)?;
         configure(&write)?;
         migrate(&mut write)?;
@@ -341,7 +342,9 @@ impl Store for SqliteStore {
         let machine_id = machine_id.to_string();
         self.read(move |conn| {
             Ok(conn
-                .query_row("SELECT body FROM inventories WHERE machine_id = ?1", [&machine_id], |row| parse_json(row, 0))
+                .query_row("SELECT body FROM inventories WHERE machine_id = ?1", [&machine_id], |row| {
+                    parse_json(row, 0)
+                })
                 .optional()?)
         })
         .await
@@ -362,9 +365,8 @@ impl Store for SqliteStore {
                     "INSERT INTO latest_samples (machine_id, received_at, body) VALUES (?1, ?2, ?3)
                      ON CONFLICT(machine_id) DO UPDATE SET received_at = excluded.received_at, body = excluded.body",
                 )?;
-                let mut seen = tx.prepare_cached(
-                    "UPDATE machines SET last_seen = ?2, heartbeat_interval_ms = ?3 WHERE id = ?1",
-                )?;
+                let mut seen =
+                    tx.prepare_cached("UPDATE machines SET last_seen = ?2, heartbeat_interval_ms = ?3 WHERE id = ?1")?;
                 for write in &writes {
                     let received = time_text(write.received_at);
                     if seen.execute(params![write.machine_id, received, write.interval_ms])? == 0 {
@@ -599,7 +601,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 10).unwrap();
         let id = store.enroll(enrollment("a", "a"), 5000, at(0)).await.unwrap().machine.id;
-        let inventory = Inventory { cpu_model: "x".into(), logical_cpus: 4, collected_at: Some(at(1)), ..Default::default() };
+        let inventory =
+            Inventory { cpu_model: "x".into(), logical_cpus: 4, collected_at: Some(at(1)), ..Default::default() };
         assert!(store.put_inventory(&id, inventory.clone()).await.unwrap());
         let again = Inventory { collected_at: Some(at(2)), ..inventory.clone() };
         assert!(!store.put_inventory(&id, again).await.unwrap());
