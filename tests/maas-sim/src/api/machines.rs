@@ -187,10 +187,10 @@ fn create(w: &mut World, c: &Ctx) -> Reply {
         }
     }
     let hostname = p.get("hostname").filter(|h| !h.is_empty()).map(|h| h.split('.').next().unwrap_or(h).to_owned());
-    if let Some(h) = &hostname {
-        if w.machines.iter().any(|m| &m.hostname == h) {
-            errors.push(("hostname", format!("Node with hostname \"{h}\" already exists.")));
-        }
+    if let Some(h) = &hostname
+        && w.machines.iter().any(|m| &m.hostname == h)
+    {
+        errors.push(("hostname", format!("Node with hostname \"{h}\" already exists.")));
     }
     let power_type = p.get("power_type").unwrap_or("").to_owned();
     if !power_type.is_empty() && !POWER_TYPES.contains(&power_type.as_str()) {

@@ -677,7 +677,7 @@ fn events(w: &World, c: &Ctx) -> Reply {
         (_, Some(b)) => matching.iter().rev().filter(|e| e.id < b).take(limit).copied().collect(),
         _ => matching.iter().rev().take(limit).copied().collect(),
     };
-    page.sort_by(|a, b| b.id.cmp(&a.id));
+    page.sort_by_key(|e| std::cmp::Reverse(e.id));
     let filters: String =
         p.0.iter().filter(|(k, _)| k != "after" && k != "before").map(|(k, v)| format!("&{k}={v}")).collect();
     let newest = page.first().map(|e| e.id).or(after).unwrap_or(0);
