@@ -100,7 +100,15 @@ pub enum Command {
     },
     /// Remove everything the shim created and put DHCP back as it was found.
     Reset,
-    /// Open a TCP connection (used by tests and the manual backend's checks).
+    /// Accept TCP connections and greet each with a banner line (a stand-in for MAIN:22 in tests).
+    #[command(hide = true)]
+    TcpServe {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "metalfleet-tcp-serve")]
+        banner: String,
+    },
+    /// Open a TCP connection and print the first line the server sends (tests, manual checks).
     #[command(hide = true)]
     TcpCheck {
         address: SocketAddr,
@@ -211,8 +219,11 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         }
         Command::TcpCheck { address, timeout } => {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
-                Ok(Ok(_)) => {
-                    println!("connected {address}");
+                Ok(Ok(stream)) => {
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(stream);
+                    let _ = tokio::time::timeout(timeout, reader.read_line(&mut line)).await;
+                    println!("connected {address} {}", line.trim());
                     Ok(exit::OK)
                 }
                 Ok(Err(error)) => {
@@ -223,6 +234,18 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                     println!("failed {address}: timed out after {timeout:?}");
                     Ok(exit::CHECK_FAILED)
                 }
+            }
+        }
+        Command::TcpServe { listen, banner } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            metalfleet_common::readiness::announce(listener.local_addr()?);
+            loop {
+                let (mut stream, _) = listener.accept().await?;
+                let banner = format!("{banner}\n");
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stream.write_all(banner.as_bytes()).await;
+                });
             }
         }
         Command::Serve { insecure, listen } => {
