@@ -1,12 +1,15 @@
 //! The coordinator's MAAS client tests: fixtures, wire format against a stub, and the client against maas-sim.
 //!
 //! - `fixtures`: every MAAS response document we model parses (ours always, ../shared's when present).
+//! - `lab`: the reference lab's MAAS steps from zero, against maas-sim.
 //! - `sim`: every client call against maas-sim, success and each error class.
 //! - `stub`: the exact OAuth header, form encoding and each error class against a tiny loopback HTTP stub.
 #![forbid(unsafe_code)]
 
 #[path = "maas_client/fixtures.rs"]
 mod fixtures;
+#[path = "maas_client/lab.rs"]
+mod lab;
 #[path = "maas_client/sim.rs"]
 mod sim;
 #[path = "maas_client/stub.rs"]
