@@ -315,6 +315,17 @@ impl Connection<'_> {
         };
 
         let (tx, rx) = mpsc::channel::<pb::HeartbeatRequest>(8);
+        // A coordinator may wait for the first message before it answers the call, so one is queued
+        // before the call is made. It carries no samples: if opening fails, nothing is lost with it.
+        let hello = pb::HeartbeatRequest {
+            machine_id: id.clone(),
+            samples: Vec::new(),
+            interval_ms: self.interval_ms(),
+            dropped_samples: 0,
+        };
+        if tx.try_send(hello).is_err() {
+            return disconnected("cannot queue the first heartbeat".into());
+        }
         let opened = tokio::time::timeout(self.config.rpc_timeout, client.heartbeat(ReceiverStream::new(rx))).await;
         let mut directives = match opened {
             Err(_) => {
@@ -449,7 +460,7 @@ impl Connection<'_> {
             if batch.is_empty() && dropped == 0 {
                 return Ok(());
             }
-            let interval_ms = u32::try_from(self.interval.borrow().as_millis()).unwrap_or(u32::MAX);
+            let interval_ms = self.interval_ms();
             let request = pb::HeartbeatRequest {
                 machine_id: machine_id.to_string(),
                 samples: batch.iter().map(pb::HealthSample::from).collect(),
@@ -464,6 +475,10 @@ impl Connection<'_> {
                 return Err("the heartbeat stream closed while sending".into());
             }
         }
+    }
+
+    fn interval_ms(&self) -> u32 {
+        u32::try_from(self.interval.borrow().as_millis()).unwrap_or(u32::MAX)
     }
 
     async fn obey(&self, client: &mut AgentServiceClient<Channel>, machine_id: &str, directive: pb::Directive) {

@@ -70,6 +70,9 @@ impl AgentService for Fake {
             return Err(Status::not_found("unknown machine m-1; enroll again"));
         }
         let mut inbound = request.into_inner();
+        // Like the real coordinator, answer only once the first message has arrived.
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty heartbeat stream"))?;
+        let _ = self.events.send(Event::Heartbeat(first));
         let (tx, rx) = mpsc::channel(4);
         let events = self.events.clone();
         let directives = self.directives.clone();
@@ -105,6 +108,14 @@ struct Server {
 impl Server {
     /// Serves on `listener`, which is already bound, so the address is known before the server runs.
     fn start(listener: TcpListener, refuse_heartbeats: u32) -> Server {
+        Self::start_with(listener, refuse_heartbeats, None)
+    }
+
+    fn start_with(
+        listener: TcpListener,
+        refuse_heartbeats: u32,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Server {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (directives, directives_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
@@ -114,8 +125,12 @@ impl Server {
             refuse_heartbeats: AtomicU32::new(refuse_heartbeats),
             stop: stop.clone(),
         };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("valid server TLS config");
+        }
         let task = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .add_service(AgentServiceServer::new(fake))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned()),
         );
@@ -134,6 +149,16 @@ impl Server {
         match self.next_event().await {
             Event::Heartbeat(heartbeat) => heartbeat,
             other => panic!("expected a heartbeat, got {other:?}"),
+        }
+    }
+
+    /// The next heartbeat that carries samples (the first message of each stream carries none).
+    async fn next_samples(&mut self) -> pb::HeartbeatRequest {
+        loop {
+            let heartbeat = self.next_heartbeat().await;
+            if !heartbeat.samples.is_empty() {
+                return heartbeat;
+            }
         }
     }
 
@@ -197,10 +222,11 @@ async fn enrolls_streams_obeys_directives_and_delivers_buffered_samples() {
     };
     assert_eq!(inventory.machine_id, "m-1");
     assert!(inventory.inventory.unwrap().logical_cpus >= 1);
-    let first = server.next_heartbeat().await;
+    let hello = server.next_heartbeat().await;
+    assert_eq!((hello.machine_id.as_str(), hello.interval_ms, hello.samples.len()), ("m-1", 200, 0));
+    let first = server.next_samples().await;
     assert_eq!(first.machine_id, "m-1");
     assert_eq!(first.interval_ms, 200);
-    assert!(!first.samples.is_empty());
 
     // A SetInterval directive changes the tick and the interval reported.
     server
@@ -219,7 +245,7 @@ async fn enrolls_streams_obeys_directives_and_delivers_buffered_samples() {
         seen += 1;
         assert!(seen < 20, "the interval never changed");
     }
-    let mut last_seen = taken_at(server.next_heartbeat().await.samples.last().unwrap());
+    let mut last_seen = taken_at(server.next_samples().await.samples.last().unwrap());
 
     // The coordinator goes away; the agent keeps sampling into its buffer.
     server.shut_down().await;
@@ -230,7 +256,7 @@ async fn enrolls_streams_obeys_directives_and_delivers_buffered_samples() {
     // It comes back on the same address: the backlog arrives, oldest first, in one batched message.
     let listener = TcpListener::bind(addr).await.unwrap();
     let mut server = Server::start(listener, 0);
-    let backlog = server.next_heartbeat().await;
+    let backlog = server.next_samples().await;
     assert_eq!(backlog.machine_id, "m-1", "the machine id is kept across reconnects");
     assert!(backlog.samples.len() >= 3, "only {} samples in the first message", backlog.samples.len());
     assert_eq!(backlog.dropped_samples, 0);
@@ -240,7 +266,7 @@ async fn enrolls_streams_obeys_directives_and_delivers_buffered_samples() {
         assert!(at > last_seen, "samples arrive oldest first and never twice");
         last_seen = at;
     }
-    let next = server.next_heartbeat().await;
+    let next = server.next_samples().await;
     assert!(taken_at(&next.samples[0]) > last_seen);
 
     stop.cancel();
@@ -271,6 +297,50 @@ async fn re_enrolls_when_the_coordinator_does_not_know_the_machine() {
         }
     }
     assert_eq!(enrolls, 2, "NOT_FOUND on the stream makes the agent enroll again");
+
+    stop.cancel();
+    let exit = timeout(Duration::from_secs(10), agent).await.expect("the agent stops within 10 s").unwrap().unwrap();
+    assert_eq!(exit, Exit::Stopped);
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn talks_tls_to_a_coordinator_signed_by_the_configured_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // A CA, and a server certificate for 127.0.0.1 signed by it.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
+    let identity = tonic::transport::Identity::from_pem(server_cert.pem(), server_key.serialize_pem());
+    let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = Server::start_with(listener, 0, Some(tls));
+    let state = tempfile::tempdir().unwrap();
+    let ca_file = state.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let args = RunArgs {
+        coordinator: Some(addr.to_string()),
+        ca_file: Some(ca_file),
+        state_dir: Some(state.path().to_owned()),
+        hostname: Some("tls-host".into()),
+        interval: Some(Duration::from_millis(200)),
+        ..RunArgs::default()
+    };
+    let config = Config::from_sources(None, &HashMap::<String, String>::new(), &args).unwrap();
+    assert_eq!(config.coordinator.as_deref(), Some(format!("https://{addr}").as_str()));
+    let stop = CancellationToken::new();
+    let agent = tokio::spawn(agent::client::run(config, stop.clone()));
+
+    let Event::Enroll(enroll) = server.next_event().await else { panic!("the first call must be Enroll") };
+    assert_eq!(enroll.hostname, "tls-host");
+    assert!(matches!(server.next_event().await, Event::Inventory(_)));
+    assert_eq!(server.next_samples().await.machine_id, "m-1");
 
     stop.cancel();
     let exit = timeout(Duration::from_secs(10), agent).await.expect("the agent stops within 10 s").unwrap().unwrap();
