@@ -18,7 +18,7 @@ use crate::backend::{BackendError, Confirmer};
 use crate::config::{self, Config};
 use crate::model::{self, PortForward, RemoteManagement, RouterState};
 use crate::probe::{self, ProbeReport, ProbeRequest};
-use crate::shim::{Change, ChangeOutcome, Shim, ShimError};
+use crate::shim::{Change, ChangeOutcome, Shim, ShimError, ShimSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -312,7 +312,8 @@ async fn local_change(
         config.confirm_timeout = timeout;
     }
     let timeout = config.confirm_timeout;
-    let shim = Shim::from_config(&config, stdin.clone())?;
+    let settings = ShimSettings { auto_rollback: false, ..ShimSettings::from_config(&config) };
+    let shim = Shim::from_settings(&config, settings, stdin.clone())?;
     let outcome = shim.apply(change).await?;
     print_outcome(&outcome);
     let Some(pending) = outcome.pending else { return Ok(exit::OK) };

@@ -62,7 +62,7 @@ pub enum ShimError {
 /// How to undo a protected change.
 #[derive(Debug, Clone)]
 enum Rollback {
-    RestoreForward { previous: PortForward, added: Option<String> },
+    RestoreForward(PortForward),
     RestoreManagement(RemoteManagement),
 }
 
@@ -80,6 +80,9 @@ pub struct ShimSettings {
     pub confirm_timeout: Duration,
     /// Where DHCP's state as first found is kept, for `reset`.
     pub dhcp_found_file: PathBuf,
+    /// Roll back by a timer when no confirmation comes (serve). The local CLI waits in the
+    /// foreground itself and turns this off, so that two rollbacks never race.
+    pub auto_rollback: bool,
 }
 
 impl ShimSettings {
@@ -89,6 +92,7 @@ impl ShimSettings {
             protected_forwards: config.protected_forwards.clone(),
             confirm_timeout: config.confirm_timeout,
             dhcp_found_file: config.state_file("dhcp-found.json"),
+            auto_rollback: true,
         }
     }
 }
@@ -108,8 +112,17 @@ impl Shim {
 
     /// Builds the configured backend and the shim over it.
     pub fn from_config(config: &Config, confirmer: Arc<dyn Confirmer>) -> Result<Arc<Self>, BackendError> {
+        Self::from_settings(config, ShimSettings::from_config(config), confirmer)
+    }
+
+    /// Like [`Shim::from_config`] with settings the caller adjusted (the CLI turns auto-rollback off).
+    pub fn from_settings(
+        config: &Config,
+        settings: ShimSettings,
+        confirmer: Arc<dyn Confirmer>,
+    ) -> Result<Arc<Self>, BackendError> {
         let backend = backend::build(config, confirmer)?;
-        Ok(Shim::new(backend, ShimSettings::from_config(config)))
+        Ok(Shim::new(backend, settings))
     }
 
     pub fn settings(&self) -> &ShimSettings {
@@ -184,7 +197,7 @@ impl Shim {
                     }
                     existing => {
                         if let Some(existing) = existing.filter(|e| e.protected) {
-                            rollback = Some(Rollback::RestoreForward { previous: existing.clone(), added: None });
+                            rollback = Some(Rollback::RestoreForward(existing.clone()));
                         }
                         self.backend.add_forward(&forward).await?;
                         true
@@ -195,7 +208,7 @@ impl Shim {
                 None => false,
                 Some(existing) => {
                     if existing.protected {
-                        rollback = Some(Rollback::RestoreForward { previous: existing.clone(), added: None });
+                        rollback = Some(Rollback::RestoreForward(existing.clone()));
                     }
                     self.backend.remove_forward(name).await?;
                     true
@@ -244,6 +257,9 @@ impl Shim {
         let deadline = SystemTime::now() + timeout;
         let done = CancellationToken::new();
         self.lock_pending().insert(id.clone(), Pending { rollback, done: done.clone() });
+        if !self.settings.auto_rollback {
+            return PendingChange { id, deadline };
+        }
         let shim = Arc::clone(self);
         let timer_id = id.clone();
         tokio::spawn(async move {
@@ -284,12 +300,7 @@ impl Shim {
         let _guard = self.change_lock.lock().await;
         let before = self.state().await?;
         match &pending.rollback {
-            Rollback::RestoreForward { previous, added } => {
-                if let Some(added) = added.as_deref().filter(|a| *a != previous.name) {
-                    self.backend.remove_forward(added).await?;
-                }
-                self.backend.add_forward(previous).await?;
-            }
+            Rollback::RestoreForward(previous) => self.backend.add_forward(previous).await?,
             Rollback::RestoreManagement(previous) => self.backend.set_remote_management(previous).await?,
         }
         let after = self.state().await?;
@@ -418,6 +429,7 @@ pub(crate) mod tests {
                 protected_forwards: vec!["main-ssh".into()],
                 confirm_timeout: timeout,
                 dhcp_found_file: dir.join("dhcp-found.json"),
+                auto_rollback: true,
             },
         )
     }

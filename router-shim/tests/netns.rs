@@ -115,7 +115,8 @@ impl Lab {
             must("ip", &["netns", "add", &lab.ns(kind)]);
             must("ip", &["-n", &lab.ns(kind), "link", "set", "lo", "up"]);
         }
-        let (router, sw, lan, main, wan) = (lab.ns("router"), lab.ns("sw"), lab.ns("lan"), lab.ns("main"), lab.ns("wan"));
+        let (router, sw, lan, main, wan) =
+            (lab.ns("router"), lab.ns("sw"), lab.ns("lan"), lab.ns("main"), lab.ns("wan"));
         must("ip", &["-n", &sw, "link", "add", "br0", "type", "bridge"]);
         must("ip", &["-n", &sw, "link", "set", "br0", "up"]);
         for (host, ifname, port) in [(&router, "rlan", "sw1"), (&lan, "lan0", "sw2"), (&main, "main0", "sw3")] {
@@ -173,7 +174,17 @@ command = ["dnsmasq", "{conf_arg}", "{pid_arg}"]
 
         // MAIN:22: a listener in `main` that greets with a banner; its readiness line says when it accepts.
         let mut listener = Command::new("ip")
-            .args(["netns", "exec", &main, BIN, "tcp-serve", "--listen", "172.16.0.3:22", "--banner", "hello-from-main"])
+            .args([
+                "netns",
+                "exec",
+                &main,
+                BIN,
+                "tcp-serve",
+                "--listen",
+                "172.16.0.3:22",
+                "--banner",
+                "hello-from-main",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -213,12 +224,21 @@ command = ["dnsmasq", "{conf_arg}", "{pid_arg}"]
         let router = self.ns("router");
         let mut full = vec!["netns", "exec", &router, BIN, "--config", &config];
         full.extend_from_slice(args);
-        let mut child =
-            Command::new("ip").args(&full).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new("ip")
+            .args(&full)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.as_mut().unwrap().write_all(answer.as_bytes()).unwrap();
         let output = child.wait_with_output().unwrap();
-        eprintln!("router-shim {args:?} answering {answer:?} -> {:?}\n{}{}", output.status.code(),
-            String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "router-shim {args:?} answering {answer:?} -> {:?}\n{}{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         output
     }
 
@@ -228,7 +248,19 @@ command = ["dnsmasq", "{conf_arg}", "{pid_arg}"]
 
     fn probe(&self) -> Value {
         let output = Command::new("ip")
-            .args(["netns", "exec", &self.ns("lan"), BIN, "probe-dhcp", "--interface", "lan0", "--window", "2s", "--output", "json"])
+            .args([
+                "netns",
+                "exec",
+                &self.ns("lan"),
+                BIN,
+                "probe-dhcp",
+                "--interface",
+                "lan0",
+                "--window",
+                "2s",
+                "--output",
+                "json",
+            ])
             .output()
             .unwrap();
         assert!(output.status.success(), "probe failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -238,7 +270,19 @@ command = ["dnsmasq", "{conf_arg}", "{pid_arg}"]
     fn probe_expect(&self, expect: &str) -> i32 {
         let output = run(
             "ip",
-            &["netns", "exec", &self.ns("lan"), BIN, "probe-dhcp", "--interface", "lan0", "--window", "2s", "--expect", expect],
+            &[
+                "netns",
+                "exec",
+                &self.ns("lan"),
+                BIN,
+                "probe-dhcp",
+                "--interface",
+                "lan0",
+                "--window",
+                "2s",
+                "--expect",
+                expect,
+            ],
         );
         output.status.code().unwrap_or(-1)
     }
@@ -312,7 +356,8 @@ fn netns_linux_dhcp_forward_idempotency_and_reset() {
 
     // Forward: before it, nothing answers on the WAN port; after it, MAIN's listener does.
     assert_eq!(lab.wan_connect(2222), None);
-    let add = ["forward", "add", "--name", "lab-ssh", "--proto", "tcp", "--external-port", "2222", "--to", "172.16.0.3:22"];
+    let add =
+        ["forward", "add", "--name", "lab-ssh", "--proto", "tcp", "--external-port", "2222", "--to", "172.16.0.3:22"];
     assert!(lab.shim_ok(&add).starts_with("changed"));
     let reached = lab.wan_connect(2222).expect("the forward reaches MAIN");
     assert!(reached.contains("hello-from-main"), "{reached}");
@@ -323,7 +368,8 @@ fn netns_linux_dhcp_forward_idempotency_and_reset() {
     // The same state twice changes nothing, not even the table's handles.
     assert!(lab.shim_ok(&add).starts_with("unchanged"));
     assert_eq!(lab.table(), table);
-    let moved = ["forward", "add", "--name", "lab-ssh", "--proto", "tcp", "--external-port", "2222", "--to", "172.16.0.4:22"];
+    let moved =
+        ["forward", "add", "--name", "lab-ssh", "--proto", "tcp", "--external-port", "2222", "--to", "172.16.0.4:22"];
     assert_eq!(lab.shim(&moved).status.code(), Some(64), "another target needs --replace");
     assert_eq!(lab.table(), table);
 
@@ -365,7 +411,8 @@ fn netns_cli_commit_confirm_of_protected_forward() {
         return;
     }
     let lab = Lab::start("b");
-    let add = ["forward", "add", "--name", "main-ssh", "--proto", "tcp", "--external-port", "22", "--to", "172.16.0.3:22"];
+    let add =
+        ["forward", "add", "--name", "main-ssh", "--proto", "tcp", "--external-port", "22", "--to", "172.16.0.3:22"];
     lab.shim_ok(&add);
     assert!(lab.wan_connect(22).is_some());
     let remove = ["forward", "remove", "--name", "main-ssh", "--confirm-timeout", "5s"];
@@ -380,7 +427,20 @@ fn netns_cli_commit_confirm_of_protected_forward() {
     let config = lab.config().display().to_string();
     let router = lab.ns("router");
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &router, BIN, "--config", &config, "forward", "remove", "--name", "main-ssh", "--confirm-timeout", "1s"])
+        .args([
+            "netns",
+            "exec",
+            &router,
+            BIN,
+            "--config",
+            &config,
+            "forward",
+            "remove",
+            "--name",
+            "main-ssh",
+            "--confirm-timeout",
+            "1s",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -407,9 +467,11 @@ fn netns_foreign_forward_drop_is_reported() {
     }
     let lab = Lab::start("c");
     let router = lab.ns("router");
-    let foreign = "table inet fw { chain forward { type filter hook forward priority 0; policy drop; } }";
-    must("ip", &["netns", "exec", &router, "nft", foreign]);
-    let add = ["forward", "add", "--name", "lab-ssh", "--proto", "tcp", "--external-port", "2222", "--to", "172.16.0.3:22"];
+    must("ip", &["netns", "exec", &router, "nft", "add table inet fw"]);
+    let chain = "add chain inet fw forward { type filter hook forward priority 0 ; policy drop ; }";
+    must("ip", &["netns", "exec", &router, "nft", chain]);
+    let add =
+        ["forward", "add", "--name", "lab-ssh", "--proto", "tcp", "--external-port", "2222", "--to", "172.16.0.3:22"];
     let output = lab.shim(&add);
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
