@@ -1,5 +1,7 @@
 //! The `agent` binary: parses the command line and hands over to the `agent` library.
 
+mod telemetry;
+
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -33,7 +35,7 @@ fn print(text: &str) -> i32 {
 }
 
 fn inventory(args: InventoryArgs) -> i32 {
-    let _telemetry = init_telemetry_without_runtime();
+    let _telemetry = telemetry::init("warn");
     let hide = match config::hide_disks_for_inventory(args.config.as_deref(), &ProcessEnv) {
         Ok(hide) => hide,
         Err(error) => {
@@ -63,7 +65,7 @@ fn sample(args: SampleArgs) -> i32 {
         }
     };
     runtime.block_on(async {
-        let _telemetry = metalfleet_common::telemetry::init("agent", "warn");
+        let _telemetry = telemetry::init("warn");
         let result: anyhow::Result<agent::health::HealthSample> = async {
             let mut sampler = agent::health::Sampler::new()?;
             // CPU use and network rates are differences between two readings: give them a span to measure.
@@ -111,16 +113,8 @@ fn run(args: RunArgs) -> i32 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn serve(config: Config) -> anyhow::Result<Exit> {
-    let _telemetry = metalfleet_common::telemetry::init("agent", "info");
+    let _telemetry = telemetry::init("info");
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(metalfleet_common::shutdown::cancel_on_signals(stop.clone()));
     agent::client::run(config, stop).await.context("the agent could not start")
-}
-
-/// `agent inventory` needs no runtime; OTLP export (which would) stays off for it.
-fn init_telemetry_without_runtime() -> Option<metalfleet_common::telemetry::Guard> {
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        return None;
-    }
-    Some(metalfleet_common::telemetry::init("agent", "warn"))
 }
