@@ -8,6 +8,7 @@
 //! - [`fleet`]: the live fleet state, the batching writer, the event and evaluator tasks.
 //! - [`grpc`]: AgentService and FleetService, the operator client, and `grpc::convert`, the
 //!   only place that maps wire types to domain types.
+//! - [`maas`]: the MAAS 3.5 REST client, the only code that talks to MAAS.
 //! - [`pki`]: the private CA and the server certificate.
 //! - [`client_config`]: `client.toml`, written by the server and read by fleetctl.
 //! - [`server`]: `coordinator serve` wired together, with graceful shutdown.

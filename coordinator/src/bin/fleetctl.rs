@@ -71,8 +71,8 @@ enum MachinesCommand {
     Show {
         /// Hostname, machine id or MAAS system_id.
         name: String,
-        /// How many stored samples to show.
-        #[arg(long, default_value_t = 10)]
+        /// How many stored samples to show, newest last.
+        #[arg(long, default_value_t = 30)]
         history: u32,
     },
 }

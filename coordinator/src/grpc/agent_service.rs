@@ -129,25 +129,68 @@ impl Pressure {
 
     fn check(&mut self, directives: &mpsc::Sender<Result<pb::Directive, Status>>) {
         let (depth, capacity) = self.fleet.write_queue();
-        let current = self.fleet.settings().heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32;
-        match self.original_ms {
-            None if depth * 4 >= capacity * 3 => {
-                let slower = current.saturating_mul(2).min(MAX_SLOWED_INTERVAL_MS);
-                let directive = convert::set_interval(slower, "coordinator under load");
+        let configured = self.fleet.settings().heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32;
+        match decide(depth, capacity, self.original_ms, configured) {
+            Some(Decision::SlowDown { interval_ms }) => {
+                let directive = convert::set_interval(interval_ms, "coordinator under load");
                 if directives.try_send(Ok(directive)).is_ok() {
-                    self.fleet.note_interval(&self.machine_id, slower);
-                    self.original_ms = Some(current);
-                    tracing::info!(machine_id = %self.machine_id, interval_ms = slower, depth, "slowing agent down");
+                    self.fleet.note_interval(&self.machine_id, interval_ms);
+                    self.original_ms = Some(configured);
+                    tracing::info!(machine_id = %self.machine_id, interval_ms, depth, "slowing agent down");
                 }
             }
-            Some(original) if depth * 4 <= capacity => {
-                let directive = convert::set_interval(original, "coordinator load back to normal");
+            Some(Decision::Restore { interval_ms }) => {
+                let directive = convert::set_interval(interval_ms, "coordinator load back to normal");
                 if directives.try_send(Ok(directive)).is_ok() {
                     self.original_ms = None;
-                    tracing::info!(machine_id = %self.machine_id, interval_ms = original, "restoring agent interval");
+                    tracing::info!(machine_id = %self.machine_id, interval_ms, "restoring agent interval");
                 }
             }
-            _ => {}
+            None => {}
         }
+    }
+}
+
+/// What backpressure asks of one agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    SlowDown { interval_ms: u32 },
+    Restore { interval_ms: u32 },
+}
+
+/// Above three quarters of the queue, slow down (twice the interval, capped); below a quarter,
+/// restore the interval the agent had. Between the two marks nothing changes, so agents do not flap.
+fn decide(depth: usize, capacity: usize, slowed_from: Option<u32>, configured_ms: u32) -> Option<Decision> {
+    match slowed_from {
+        None if depth * 4 >= capacity * 3 => {
+            Some(Decision::SlowDown { interval_ms: configured_ms.saturating_mul(2).min(MAX_SLOWED_INTERVAL_MS) })
+        }
+        Some(original) if depth * 4 <= capacity => Some(Decision::Restore { interval_ms: original }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(depth: usize, slowed_from: Option<u32>, expected: Option<Decision>) {
+        assert_eq!(decide(depth, 100, slowed_from, 5000), expected, "depth {depth}, slowed from {slowed_from:?}");
+    }
+
+    #[test]
+    fn slows_down_above_the_high_water_mark_and_restores_below_the_low_one() {
+        check(0, None, None);
+        check(74, None, None);
+        check(75, None, Some(Decision::SlowDown { interval_ms: 10_000 }));
+        check(100, Some(5000), None);
+        check(50, Some(5000), None);
+        check(26, Some(5000), None);
+        check(25, Some(5000), Some(Decision::Restore { interval_ms: 5000 }));
+    }
+
+    #[test]
+    fn the_slowed_interval_is_capped() {
+        assert_eq!(decide(100, 100, None, 4_000_000), Some(Decision::SlowDown { interval_ms: MAX_SLOWED_INTERVAL_MS }));
     }
 }
