@@ -452,7 +452,8 @@ fn route(shared: &Shared, method: &str, path: &str, op: Option<&str>, params: &P
         return Resp::text(404, format!("Unknown API endpoint: {path}."));
     };
     if rest == "describe/" || rest == "describe" {
-        let doc = routes::describe(&format!("http://{host}"));
+        let mut doc = routes::describe(&format!("http://{host}"));
+        doc["hash"] = serde_json::Value::String(shared.describe_hash.clone());
         let body = serde_json::to_string(&doc).expect("serialising a Value cannot fail");
         return Resp { status: 200, content_type: "application/json", body: body.into_bytes(), headers: Vec::new() };
     }

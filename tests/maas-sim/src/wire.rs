@@ -77,15 +77,26 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 pub fn parse_multipart(boundary: &str, body: &[u8]) -> Result<Params, BodyError> {
     let delim = format!("--{boundary}").into_bytes();
     let mut out = Vec::new();
+    // python-libmaas sends a multipart body on every POST, which is empty when there are no parameters.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Params(out));
+    }
     let mut pos = find(body, &delim, 0).ok_or(BodyError::Malformed)? + delim.len();
     loop {
         if body[pos..].starts_with(b"--") {
             return Ok(Params(out));
         }
         let head_start = if body[pos..].starts_with(b"\r\n") { pos + 2 } else { pos + 1 };
-        let (head_end, sep) = match find(body, b"\r\n\r\n", head_start) {
-            Some(i) => (i, 4),
-            None => (find(body, b"\n\n", head_start).ok_or(BodyError::Malformed)?, 2),
+        // A part may have no headers at all (python's email package writes one for an empty form).
+        let (head_end, sep) = if body[head_start..].starts_with(b"\r\n") {
+            (head_start, 2)
+        } else if body[head_start..].starts_with(b"\n") {
+            (head_start, 1)
+        } else {
+            match find(body, b"\r\n\r\n", head_start) {
+                Some(i) => (i, 4),
+                None => (find(body, b"\n\n", head_start).ok_or(BodyError::Malformed)?, 2),
+            }
         };
         let headers = String::from_utf8_lossy(&body[head_start..head_end]).into_owned();
         let next = find(body, &delim, head_end).ok_or(BodyError::Malformed)?;
@@ -244,6 +255,22 @@ Content-Transfer-Encoding: base64\r\nContent-Disposition: form-data; name=\"dist
         let p = parse_body("multipart/form-data; boundary=\"===============42==\"", body).unwrap();
         assert_eq!(p.get("distro_series"), Some("jammy"));
         assert_eq!(p.get("comment"), Some("plain text"));
+    }
+
+    #[test]
+    fn multipart_as_python_email_writes_it() {
+        // What python-libmaas sends for no parameters, and for two (captured from its encoder).
+        let b = "===============8489499627780561212==";
+        let empty = format!("--{b}\r\n\r\n--{b}--");
+        assert!(parse_multipart(b, empty.as_bytes()).unwrap().0.is_empty());
+        let two = format!(
+            "--{b}\r\nContent-Type: application/octet-stream\r\nMIME-Version: 1.0\r\nContent-Transfer-Encoding: base64\r\n\
+Content-Disposition: form-data; name=\"erase\"\r\n\r\nZmFsc2U=\r\n\r\n--{b}\r\nContent-Transfer-Encoding: base64\r\n\
+Content-Disposition: form-data; name=\"comment\"\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n\r\n\
+eA==\r\n\r\n--{b}--"
+        );
+        let p = parse_multipart(b, two.as_bytes()).unwrap();
+        assert_eq!((p.get("erase"), p.get("comment")), (Some("false"), Some("x")));
     }
 
     #[test]

@@ -280,6 +280,7 @@ async fn describe_document_shape() {
         assert!(!r.body.contains('\n'), "describe is compact");
         let d = r.json();
         assert_eq!(d["doc"], "MAAS API");
+        assert_eq!(d["hash"].as_str().unwrap(), r.headers["x-maas-api-hash"].to_str().unwrap());
         let resources = d["resources"].as_array().unwrap();
         let names: Vec<&str> = resources.iter().map(|r| r["name"].as_str().unwrap()).collect();
         let mut sorted = names.clone();
@@ -854,6 +855,39 @@ async fn binary_prints_key_and_readiness_then_stops_on_sigterm() {
         assert!(st.success());
         let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
         assert_eq!(status.code(), Some(0));
+    })
+    .await;
+}
+
+/// The stretch check: python-libmaas 0.6.8 (a real MAAS client) drives the sim through `tests/libmaas_drive.py`.
+/// Runs when `MAAS_SIM_PYTHON` (default `python3`) can import `maas.client`; otherwise it says so and passes.
+#[tokio::test]
+async fn python_libmaas_drives_the_sim() {
+    within(async {
+        let python = std::env::var("MAAS_SIM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let probe = tokio::process::Command::new(&python)
+            .args(["-c", "import maas.client"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        if !probe.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: {python} cannot import maas.client (pip install python-libmaas; set MAAS_SIM_PYTHON)");
+            return;
+        }
+        let (sim, _) = sim_with(true).await;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/libmaas_drive.py");
+        let out = tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(format!("{}/", sim.base_url()))
+            .arg(sim.api_key())
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "libmaas failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("libmaas ok"), "{stdout}");
+        sim.shutdown().await;
     })
     .await;
 }
