@@ -76,6 +76,36 @@ mod tests {
         assert_eq!(percent_encode("é"), "%C3%A9");
     }
 
+    fn percent_decode(text: &str) -> Vec<u8> {
+        let b = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn percent_encoding_round_trips_and_is_header_safe(text in ".*") {
+            let encoded = percent_encode(&text);
+            proptest::prop_assert!(!encoded.contains(['"', ',', '=', ' ', '&']));
+            proptest::prop_assert_eq!(percent_decode(&encoded), text.as_bytes().to_vec());
+        }
+
+        #[test]
+        fn api_key_parse_never_panics(text in ".*") {
+            let _ = ApiKey::parse(&text);
+        }
+    }
+
     #[test]
     fn nonce_and_timestamp_are_fresh() {
         let k = key("ck:tk:secret");

@@ -872,7 +872,7 @@ impl BootResource {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct BootResourceSet {
-    #[serde(deserialize_with = "lenient::null_default")]
+    #[serde(deserialize_with = "lenient::string_any")]
     pub version: String,
     #[serde(deserialize_with = "lenient::null_default")]
     pub label: String,
@@ -1270,6 +1270,27 @@ mod tests {
         assert_eq!(m.hardware().memory_bytes, 2048 * 1024 * 1024);
         assert_eq!(m.hardware().storage_bytes, 500_107_862_016);
         assert_eq!(m.hardware_info["cpu_model"], "");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_the_decoders(text in ".{0,200}") {
+            let _ = serde_json::from_str::<Machine>(&text);
+            let _ = serde_json::from_str::<Vec<Subnet>>(&text);
+            let _ = serde_json::from_str::<EventPage>(&text);
+        }
+
+        #[test]
+        fn any_status_integer_round_trips(n in proptest::prelude::any::<i64>()) {
+            proptest::prop_assert_eq!(NodeStatus::from_int(n).as_int(), n);
+        }
+
+        #[test]
+        fn wrongly_typed_fields_are_tolerated_where_maas_varies(progress in ".{0,10}", size in 0u64..u64::MAX) {
+            let doc = serde_json::json!({"version": 1, "complete": false, "progress": progress, "size": size});
+            let set: BootResourceSet = serde_json::from_value(doc).unwrap();
+            proptest::prop_assert_eq!(set.size, size);
+        }
     }
 
     #[test]

@@ -87,6 +87,19 @@ async fn sim_machine_calls() {
         assert_eq!(hw.disks[0].size, 240_057_409_536);
         let results = c.machine_results(&s1.system_id, &maas::ResultsQuery::default()).await.unwrap();
         assert!(results.iter().all(|s| s.system_id == s1.system_id));
+        let query = maas::ResultsQuery {
+            result_type: Some("commissioning".into()),
+            include_output: true,
+            ..Default::default()
+        };
+        let commissioning = c.machine_results(&s1.system_id, &query).await.unwrap();
+        assert!(commissioning.iter().all(|s| s.set_type == 0), "{commissioning:?}");
+        let bson = c.machine_details_bson(&s1.system_id).await.unwrap();
+        // A BSON document starts with its own length as a little-endian i32.
+        assert!(bson.len() >= 5);
+        assert_eq!(i32::from_le_bytes([bson[0], bson[1], bson[2], bson[3]]) as usize, bson.len());
+        let not_ready = maas::MachineFilter { not_statuses: vec![NodeStatus::Ready], ..Default::default() };
+        assert!(c.machines(&not_ready).await.unwrap().is_empty());
 
         // Allocate by name, by system_id, by constraints.
         let a =
