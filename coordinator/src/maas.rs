@@ -144,6 +144,7 @@ impl ApiKey {
     pub fn from_file(path: &Path) -> Result<ApiKey, Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::ApiKey { path: path.to_owned(), reason: format!("cannot read it ({e})") })?;
+        warn_if_shared(path);
         ApiKey::parse(&text).map_err(|reason| Error::ApiKey { path: path.to_owned(), reason })
     }
 
@@ -157,6 +158,23 @@ impl ApiKey {
 
     pub fn token_secret(&self) -> &str {
         &self.token_secret
+    }
+}
+
+/// Secrets live in files of mode 0600; a key readable by others still works, but the operator should know.
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the MAAS API key file is readable by other users; run chmod 600 on it"
+            );
+        }
     }
 }
 

@@ -429,6 +429,20 @@ async fn sim_error_classes() {
         let e = c.version().await.unwrap_err();
         assert!(matches!(&e, Error::Unavailable { op: "version", .. }), "{e:?}");
         sim.handle.clear_faults();
+        // A dropped connection on a GET is retried.
+        sim.handle.clear_request_log();
+        sim.handle.inject(maas_sim::Fault::Drop { path_prefix: Some("/MAAS/api/2.0/users/".into()), count: 1 });
+        assert!(c.whoami().await.unwrap().is_superuser);
+        let statuses: Vec<u16> = sim.handle.request_log().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [0, 200], "dropped, then answered");
+        // Latency beyond the request timeout is a Timeout naming the op.
+        let mut cfg = test_config(&sim.handle.base_url(), 0);
+        cfg.request_timeout = Duration::from_millis(200);
+        let impatient = Client::with_key(&cfg, ApiKey::parse(&sim.handle.api_key()).unwrap()).unwrap();
+        sim.handle.inject(maas_sim::Fault::Latency { ms: 2000, path_prefix: Some("/MAAS/api/2.0/fabrics/".into()), count: 1 });
+        let e = impatient.fabrics().await.unwrap_err();
+        assert!(matches!(&e, Error::Timeout { op: "fabrics", .. }), "{e:?}");
+        sim.handle.clear_faults();
 
         // Connection refused once the sim is gone, naming the URL.
         let url = sim.handle.base_url();
