@@ -409,7 +409,7 @@ fn authenticate(w: &mut World, header: &str) -> Result<Caller, Resp> {
     if let Some(v) = &p.version
         && v != "1.0"
     {
-        return Err(unauthorized(&format!("OAuth version {v} not supported.")));
+        return Err(unauthorized(&format!("'OAuth version {v} not supported.'")));
     }
     if !w.tokens.iter().any(|t| t.consumer_key == p.consumer_key) {
         return Err(unauthorized("Invalid API key."));
@@ -431,7 +431,8 @@ fn authenticate(w: &mut World, header: &str) -> Result<Caller, Resp> {
     if p.signature_method != "PLAINTEXT" && p.signature_method != "HMAC-SHA1" {
         return Err(unauthorized(&format!("'Signature method {} not supported.'", p.signature_method)));
     }
-    // PLAINTEXT: consumer secret (empty) & token secret. HMAC-SHA1 is not verified by the emulator.
+    // PLAINTEXT: consumer secret (empty) & token secret. HMAC-SHA1 is not verified by the emulator. MAAS's own
+    // message adds the expected base string, which for PLAINTEXT is the secret itself; the emulator leaves it out.
     if p.signature_method == "PLAINTEXT" && p.signature != format!("&{}", token.token_secret) {
         return Err(unauthorized("'Invalid signature.'"));
     }
@@ -470,7 +471,8 @@ fn route(shared: &Shared, method: &str, path: &str, op: Option<&str>, params: &P
         (Some(_), _, Some(h)) => (h, res.auth_actions),
         (_, Some(h), _) => (h, res.anon_actions),
         (None, None, Some(_)) => {
-            return Resp::text(401, "Authorization Required").with_header("WWW-Authenticate", "OAuth realm=\"OAuth\"");
+            // MAASAPIAuthentication.challenge answers piston's rc.FORBIDDEN, which is ('Forbidden', 401).
+            return Resp::text(401, "Forbidden");
         }
         (_, None, None) => return Resp::text(404, format!("Unknown API endpoint: {path}.")),
     };

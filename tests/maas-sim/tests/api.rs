@@ -140,8 +140,7 @@ async fn oauth_refusals_match_maas() {
         let r = anon.get("machines/", &[]).await;
         assert_eq!((r.status, r.body.as_str()), (400, "Unrecognised signature: method=GET op=None"));
         let r = anon.get("subnets/", &[]).await;
-        assert_eq!(r.status, 401);
-        assert_eq!(r.headers["www-authenticate"], "OAuth realm=\"OAuth\"");
+        assert_eq!((r.status, r.body.as_str()), (401, "Forbidden"));
 
         let key = split(&sim.api_key());
         let url = format!("{}/api/2.0/machines/", sim.base_url());
@@ -595,7 +594,11 @@ async fn vlan_dhcp_refusal_order() {
         let r = c.send("PUT", "fabrics/0/vlans/untagged/", &[], &[("dhcp_on", "true")]).await;
         assert_eq!(r.body, r#"{"__all__": ["dhcp can only be turned on when a primary rack controller is set."]}"#);
         let r = c.send("PUT", "fabrics/0/vlans/0/", &[], &[("dhcp_on", "true"), ("primary_rack", "nope")]).await;
-        assert_eq!(r.body, r#"{"primary_rack": ["Select a valid choice. nope is not one of the available choices."]}"#);
+        // A rejected field is missing from cleaned_data, so clean() also reports the missing primary rack.
+        assert_eq!(
+            r.body,
+            r#"{"primary_rack": ["Select a valid choice. nope is not one of the available choices."], "__all__": ["dhcp can only be turned on when a primary rack controller is set."]}"#
+        );
         let r = c.send("PUT", "fabrics/0/vlans/0/", &[], &[("dhcp_on", "true"), ("primary_rack", rack.as_str())]).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let v = r.json();

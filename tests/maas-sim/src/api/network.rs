@@ -390,6 +390,23 @@ fn vlan_update(w: &mut World, c: &Ctx, idx: usize) -> Reply {
         },
         None => None,
     };
+    // Field cleaning, in the form's field order: dhcp_on, primary_rack, secondary_rack.
+    let mut dhcp_on = match p.get("dhcp_on") {
+        Some(v) => matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"),
+        None => vlan.dhcp_on,
+    };
+    if dhcp_on {
+        let has_dynamic = w
+            .subnets
+            .iter()
+            .filter(|s| s.vlan_id == vlan.id)
+            .any(|s| w.ipranges.iter().any(|r| r.subnet_id == s.id && r.kind == "dynamic"));
+        if !has_dynamic {
+            errors.push(("dhcp_on", "dhcp can only be turned on when a dynamic IP range is defined.".into()));
+            // A field that fails cleaning is absent from cleaned_data, so clean() sees DHCP as off.
+            dhcp_on = false;
+        }
+    }
     let mut primary = vlan.primary_rack.clone();
     if let Some(v) = p.get("primary_rack") {
         match rack_choice(w, vlan, v) {
@@ -404,31 +421,26 @@ fn vlan_update(w: &mut World, c: &Ctx, idx: usize) -> Reply {
     if let Some(v) = p.get("secondary_rack") {
         match rack_choice(w, vlan, v) {
             Ok(r) => secondary = r,
-            Err(e) => errors.push(("secondary_rack", e)),
+            Err(e) => {
+                errors.push(("secondary_rack", e));
+                secondary = None;
+            }
         }
     }
-    let dhcp_on = match p.get("dhcp_on") {
-        Some(v) => matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"),
-        None => vlan.dhcp_on,
-    };
-    // Form clean(): the dynamic range check comes first and, when it fails, the rack check is skipped.
-    if dhcp_on {
-        let has_dynamic = w
-            .subnets
-            .iter()
-            .filter(|s| s.vlan_id == vlan.id)
-            .any(|s| w.ipranges.iter().any(|r| r.subnet_id == s.id && r.kind == "dynamic"));
-        if !has_dynamic {
-            errors.push(("dhcp_on", "dhcp can only be turned on when a dynamic IP range is defined.".into()));
-        } else if primary.is_none() && !errors.iter().any(|(k, _)| *k == "primary_rack") {
-            errors.push(("__all__", "dhcp can only be turned on when a primary rack controller is set.".into()));
-        }
+    // VLANForm.clean(): promotions first, then the first failing rule stops it.
+    if primary.is_none() && vlan.secondary_rack.is_some() {
+        primary = vlan.secondary_rack.clone();
+        secondary = None;
     }
-    if secondary.is_some() && secondary == primary {
-        errors.push((
-            "__all__",
-            "The primary rack controller must be different from the secondary rack controller.".into(),
-        ));
+    if primary.is_some() && primary == vlan.secondary_rack {
+        secondary = None;
+    }
+    if let Some(s) = secondary.as_ref().filter(|s| Some(*s) == vlan.primary_rack.as_ref()) {
+        errors.push(("__all__", format!("{s} is already set as the primary rack controller")));
+    } else if primary.is_some() && secondary.is_some() && primary == secondary {
+        errors.push(("__all__", "The primary and secondary rack must be different".into()));
+    } else if dhcp_on && primary.is_none() && vlan.primary_rack.is_none() {
+        errors.push(("__all__", "dhcp can only be turned on when a primary rack controller is set.".into()));
     }
     if !errors.is_empty() {
         let refs: Vec<(&str, &str)> = errors.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -508,10 +520,8 @@ fn iprange_save(w: &mut World, c: &Ctx, existing: Option<usize>) -> Reply {
     let (start, end) = (start.expect("checked").expect("checked"), end.expect("checked").expect("checked"));
     let (IpAddr::V4(start), IpAddr::V4(end)) = (start, end) else {
         if start.is_ipv4() != end.is_ipv4() {
-            return Err(field_err(
-                "start_ip",
-                "Start IP address and end IP address must be in the same address family.",
-            ));
+            let m = "Start IP address and end IP address must be in the same address family.";
+            return Err(Resp::fields(&[("start_ip", m), ("end_ip", m)]));
         }
         return Err(field_err("start_ip", "maas-sim only models IPv4 subnets."));
     };
