@@ -217,7 +217,8 @@ fn serve_binary_prints_readiness_and_answers_health() {
     let addr = metalfleet_common::readiness::parse(&line).expect("readiness line");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let request = tonic_health::pb::HealthCheckRequest { service: "metalfleet.v1.RouterShim".into() };
         let response = health.check(request).await.unwrap().into_inner();
