@@ -71,10 +71,25 @@ pub struct Prepared {
 /// # Errors
 /// The state directory, store or certificates cannot be set up.
 pub async fn prepare(listener: TcpListener, config: Config, stop: CancellationToken) -> Result<Prepared, ServeError> {
-    let bound = listener.local_addr().map_err(ServeError::Listener)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state_dir, config.history_samples)?);
+    prepare_with_store(listener, config, store, stop).await
+}
+
+/// Like [`prepare`], with a store chosen by the caller (another backend, or a test double).
+///
+/// # Errors
+/// The state directory or certificates cannot be set up.
+pub async fn prepare_with_store(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+) -> Result<Prepared, ServeError> {
+    let bound = listener.local_addr().map_err(ServeError::Listener)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
     let settings = FleetSettings {
         thresholds: config.health,
         heartbeat_interval: config.heartbeat_interval,

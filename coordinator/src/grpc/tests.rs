@@ -332,3 +332,125 @@ async fn health_and_reflection_are_served() {
     .expect("test within its deadline");
     running.stop().await;
 }
+
+/// A store whose heartbeat writes wait for permits, so the write queue can be filled on purpose.
+struct GatedStore {
+    inner: crate::store::SqliteStore,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for GatedStore {
+    async fn enroll(
+        &self,
+        enrollment: crate::domain::Enrollment,
+        interval_ms: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<crate::store::Enrolled, crate::store::StoreError> {
+        self.inner.enroll(enrollment, interval_ms, now).await
+    }
+    async fn machine(&self, id: &str) -> Result<Option<crate::domain::Machine>, crate::store::StoreError> {
+        self.inner.machine(id).await
+    }
+    async fn machines(&self) -> Result<Vec<crate::domain::Machine>, crate::store::StoreError> {
+        self.inner.machines().await
+    }
+    async fn put_inventory(
+        &self,
+        id: &str,
+        inventory: crate::domain::Inventory,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.inner.put_inventory(id, inventory).await
+    }
+    async fn inventory(&self, id: &str) -> Result<Option<crate::domain::Inventory>, crate::store::StoreError> {
+        self.inner.inventory(id).await
+    }
+    async fn record_samples(&self, writes: Vec<crate::store::SampleWrite>) -> Result<(), crate::store::StoreError> {
+        self.gate.acquire().await.expect("gate open").forget();
+        self.inner.record_samples(writes).await
+    }
+    async fn latest_sample(&self, id: &str) -> Result<Option<crate::domain::Sample>, crate::store::StoreError> {
+        self.inner.latest_sample(id).await
+    }
+    async fn history(&self, id: &str, limit: u32) -> Result<Vec<crate::domain::Sample>, crate::store::StoreError> {
+        self.inner.history(id, limit).await
+    }
+    async fn set_health(
+        &self,
+        id: &str,
+        health: crate::domain::Health,
+        reasons: Vec<String>,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.set_health(id, health, reasons).await
+    }
+    async fn append_event(
+        &self,
+        event: crate::domain::NewEvent,
+    ) -> Result<crate::domain::Event, crate::store::StoreError> {
+        self.inner.append_event(event).await
+    }
+    async fn events(
+        &self,
+        after_id: u64,
+        limit: Option<u32>,
+    ) -> Result<Vec<crate::domain::Event>, crate::store::StoreError> {
+        self.inner.events(after_id, limit).await
+    }
+}
+
+#[tokio::test]
+async fn a_full_write_queue_slows_agents_down_and_a_drained_one_restores_them() {
+    let state = tempfile::tempdir().unwrap();
+    let overrides = Overrides { listen: None, state_dir: Some(state.path().to_owned()), insecure: true };
+    let mut config =
+        Config::from_sources(None, &std::collections::HashMap::<String, String>::new(), &overrides).unwrap();
+    config.write_queue = 16;
+    config.heartbeat_interval = Duration::from_secs(5);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let store = GatedStore { inner: crate::store::SqliteStore::open(state.path(), 100).unwrap(), gate: gate.clone() };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let prepared =
+        crate::server::prepare_with_store(listener, config, std::sync::Arc::new(store), stop.clone()).await.unwrap();
+    let server = tokio::spawn(prepared.run());
+    let running = Running { addr, stop, server, state };
+
+    timeout(DEADLINE, async {
+        let mut agent = running.agent().await;
+        let machine_id = agent.enroll(enroll_request("agent-1", "server1")).await.unwrap().into_inner().machine_id;
+        let message = || pb::HeartbeatRequest {
+            machine_id: machine_id.clone(),
+            samples: vec![healthy_sample()],
+            interval_ms: 5000,
+            dropped_samples: 0,
+        };
+        let (sender, receiver) = mpsc::channel(32);
+        sender.send(message()).await.unwrap();
+        let mut directives = agent.heartbeat(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+        // The writer holds the first heartbeat at the closed gate; the rest fill the queue.
+        for _ in 0..13 {
+            sender.send(message()).await.unwrap();
+        }
+        let slow = directives.next().await.expect("a directive").unwrap();
+        let Some(pb::directive::Kind::SetInterval(slow)) = slow.kind else { panic!("not SetInterval: {slow:?}") };
+        assert_eq!(slow.interval_ms, 10_000);
+        assert_eq!(slow.reason, "coordinator under load");
+
+        gate.add_permits(1000);
+        // Once the queue has drained, the next heartbeat brings the interval back.
+        let restored = loop {
+            sender.send(message()).await.unwrap();
+            let next = timeout(Duration::from_millis(200), directives.next()).await;
+            if let Ok(Some(Ok(directive))) = next {
+                break directive;
+            }
+        };
+        let Some(pb::directive::Kind::SetInterval(restored)) = restored.kind else { panic!("not SetInterval") };
+        assert_eq!(restored.interval_ms, 5000);
+        drop(sender);
+    })
+    .await
+    .expect("test within its deadline");
+    running.stop().await;
+}
