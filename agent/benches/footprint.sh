@@ -61,6 +61,12 @@ cpu_ticks() {
     sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
 
+# CPU time of the live threads in nanoseconds (first field of each /proc/PID/task/*/schedstat): finer
+# than clock ticks, which round a lean process down to zero.
+cpu_ns() {
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{sum += $1} END {printf "%d", sum}'
+}
+
 rss_kib() {
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
@@ -108,6 +114,8 @@ done
 echo "measuring for ${DURATION}s at a ${INTERVAL}s interval; agent: $MODE" >&2
 agent_cpu0=$(cpu_ticks "$AGENT_PID")
 node_cpu0=$(cpu_ticks "$NODE_PID")
+agent_ns0=$(cpu_ns "$AGENT_PID")
+node_ns0=$(cpu_ns "$NODE_PID")
 agent_sum=0 agent_max=0 node_sum=0 node_max=0 n=0 scrapes=0
 for ((t = 0; t < DURATION; t++)); do
     if ((t % INTERVAL == 0)); then
@@ -122,13 +130,15 @@ for ((t = 0; t < DURATION; t++)); do
 done
 agent_cpu=$(($(cpu_ticks "$AGENT_PID") - agent_cpu0))
 node_cpu=$(($(cpu_ticks "$NODE_PID") - node_cpu0))
+agent_ns=$(($(cpu_ns "$AGENT_PID") - agent_ns0))
+node_ns=$(($(cpu_ns "$NODE_PID") - node_ns0))
 hz=$(getconf CLK_TCK)
 awk -v as="$agent_sum" -v am="$agent_max" -v ac="$agent_cpu" -v ns="$node_sum" -v nm="$node_max" -v nc="$node_cpu" \
-    -v n="$n" -v hz="$hz" 'BEGIN {
-        printf "\n%-16s %14s %14s %18s\n", "process", "RSS avg (MiB)", "RSS max (MiB)", "CPU in window (s)"
-        printf "%-16s %14.1f %14.1f %18.2f\n", "agent", as / n / 1024, am / 1024, ac / hz
-        printf "%-16s %14.1f %14.1f %18.2f\n", "node_exporter", ns / n / 1024, nm / 1024, nc / hz
-        printf "\nagent/node_exporter: RSS avg %.0f %%, CPU %.0f %%\n", 100 * as / ns, (nc > 0 ? 100 * ac / nc : 0)
+    -v n="$n" -v hz="$hz" -v ans="$agent_ns" -v nns="$node_ns" 'BEGIN {
+        printf "\n%-16s %14s %14s %18s %20s\n", "process", "RSS avg (MiB)", "RSS max (MiB)", "CPU in window (s)", "CPU schedstat (ms)"
+        printf "%-16s %14.1f %14.1f %18.2f %20.1f\n", "agent", as / n / 1024, am / 1024, ac / hz, ans / 1e6
+        printf "%-16s %14.1f %14.1f %18.2f %20.1f\n", "node_exporter", ns / n / 1024, nm / 1024, nc / hz, nns / 1e6
+        printf "\nagent/node_exporter: RSS avg %.0f %%, CPU (schedstat) %.1f %%\n", 100 * as / ns, (nns > 0 ? 100 * ans / nns : 0)
     }'
 printf '\nnode_exporter scrapes: %d; agent mode: %s\n' "$scrapes" "$MODE"
 printf 'agent binary (agent-release): %d bytes; node_exporter binary: %d bytes\n' \

@@ -9,7 +9,9 @@
 //! - [`client`]: `agent run`: enroll, report inventory, stream heartbeats, obey directives, reconnect.
 //! - [`footprint`]: the agent watching its own memory (VmRSS) against a budget.
 //! - [`grpc`]: the only place that knows the wire types (`grpc::convert`).
-//! - [`output`]: tables for humans, JSON for machines.
+//! - [`output`]: tables for humans (JSON goes through serde).
+//! - [`cli`]: the command line (`inventory`, `sample`, `run`), parsed by the thin `main.rs`.
+//! - [`timefmt`]: RFC 3339 UTC times in JSON and tables.
 #![forbid(unsafe_code)]
 
 pub mod backoff;

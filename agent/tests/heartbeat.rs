@@ -1,6 +1,6 @@
 //! The heartbeat client against a tiny fake `AgentService` served by tonic on 127.0.0.1.
 //!
-//! Checks enroll -> inventory -> samples, a SetInterval directive, delivery of samples buffered while
+//! Checks enroll -> inventory -> samples, the SetInterval and SendInventory directives, delivery of samples buffered while
 //! the coordinator was down (oldest first), and re-enrollment when the coordinator forgets the machine.
 
 use std::collections::HashMap;
@@ -244,6 +244,24 @@ async fn enrolls_streams_obeys_directives_and_delivers_buffered_samples() {
         }
         seen += 1;
         assert!(seen < 20, "the interval never changed");
+    }
+    // A SendInventory directive makes the agent report its inventory again.
+    server
+        .directives
+        .send(pb::Directive {
+            kind: Some(pb::directive::Kind::SendInventory(pb::SendInventory { reason: "test".into() })),
+            issued_at: None,
+        })
+        .unwrap();
+    loop {
+        match server.next_event().await {
+            Event::Inventory(again) => {
+                assert_eq!(again.machine_id, "m-1");
+                break;
+            }
+            Event::Heartbeat(_) => {}
+            Event::Enroll(_) => panic!("no re-enrollment expected"),
+        }
     }
     let mut last_seen = taken_at(server.next_samples().await.samples.last().unwrap());
 
