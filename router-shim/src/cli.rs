@@ -213,6 +213,11 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     let stdin = Arc::new(StdinConfirmer::default());
     match cli.command {
         Command::ProbeDhcp { interface, window, expect, stop_at_first, output } => {
+            if let Some(expect) = expect.as_deref().filter(|e| *e != "none") {
+                expect.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                    usage(anyhow::anyhow!("--expect {expect:?}: give `none` or the server's IPv4 address"))
+                })?;
+            }
             let report = probe::probe(&ProbeRequest { interface, window, stop_at_first }).await?;
             print_probe(&report, output);
             Ok(check_expect(&report, expect.as_deref())?)
