@@ -17,7 +17,7 @@
 //! ```
 //! - [`start`] binds, spawns the server and returns once it accepts.
 //! - [`Handle`]: `addr`, `base_url`, `api_key`, `request_log`, `clear_request_log`, `inject`, `clear_faults`,
-//!   `set_machine_failure`, `create_api_key(username, admin)`, `shutdown`.
+//!   `set_machine_failure`, `create_api_key(username, admin)`, `force_status` (a test shortcut), `shutdown`.
 //! - Admin HTTP endpoints outside `/MAAS/`: `POST /_sim/faults` (a [`Fault`] as JSON), `DELETE /_sim/faults`,
 //!   `GET /_sim/requests`, `DELETE /_sim/requests`.
 //!
@@ -259,6 +259,15 @@ block_devices = [{ name = "sda", size_bytes = 1000000000 }]
         assert_eq!(f.machine[0].power_type, "manual");
         assert_eq!(f.machine[0].block_devices[0].size_bytes, 1_000_000_000);
         assert!(toml::from_str::<MachinesFile>("[[machine]]\nhostnme = \"x\"").is_err());
+    }
+
+    #[test]
+    fn example_machines_file_parses() {
+        let text = include_str!("../machines.example.toml");
+        let f: MachinesFile = toml::from_str(text).unwrap();
+        assert_eq!(f.machine.len(), 2);
+        assert_eq!(f.machine[1].interfaces[1].link_speed_mbps, 25000);
+        assert_eq!(f.machine[1].tags, vec!["gpu".to_owned()]);
     }
 
     #[test]

@@ -88,6 +88,12 @@ impl Handle {
         self.shared.world().failures.insert(hostname.to_owned(), failure);
     }
 
+    /// Test shortcut: puts the machine called `hostname` straight into `status` (owner and power follow the
+    /// status); returns false when no such machine exists. Real MAAS has no such call.
+    pub fn force_status(&self, hostname: &str, status: crate::status::Status) -> bool {
+        self.shared.world().force_status(hostname, status)
+    }
+
     /// Creates (or reuses) a user and returns a fresh API key for it.
     pub fn create_api_key(&self, username: &str, admin: bool) -> String {
         let mut w = self.shared.world();

@@ -883,6 +883,43 @@ impl World {
         }
     }
 
+    /// Puts a machine straight into `status` (bypassing the state machine), with the owner and power state that
+    /// status implies; pending timer steps are cancelled. A test shortcut, not something MAAS can do.
+    pub fn force_status(&mut self, hostname: &str, status: Status) -> bool {
+        let Some(m) = self.machines.iter_mut().find(|m| m.hostname == hostname) else { return false };
+        let unowned = matches!(
+            status,
+            Status::New
+                | Status::Commissioning
+                | Status::FailedCommissioning
+                | Status::Ready
+                | Status::Testing
+                | Status::FailedTesting
+                | Status::Missing
+                | Status::Retired
+                | Status::Broken
+        );
+        let powered = matches!(
+            status,
+            Status::Commissioning
+                | Status::Testing
+                | Status::Deploying
+                | Status::Deployed
+                | Status::Releasing
+                | Status::DiskErasing
+                | Status::RescueMode
+                | Status::EnteringRescueMode
+                | Status::ExitingRescueMode
+        );
+        m.previous_status = m.status;
+        m.status = status;
+        m.generation += 1;
+        m.locked = false;
+        m.owner = if unowned { None } else { Some("admin".into()) };
+        m.power_state = if powered { "on" } else { "off" };
+        true
+    }
+
     // === images ===
 
     pub fn start_import(&mut self) {

@@ -22,6 +22,7 @@ struct Client {
 struct Reply {
     status: u16,
     body: String,
+    raw: Vec<u8>,
     headers: reqwest::header::HeaderMap,
 }
 
@@ -79,7 +80,8 @@ impl Client {
         let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        Reply { status, body: resp.text().await.unwrap(), headers }
+        let raw = resp.bytes().await.unwrap().to_vec();
+        Reply { status, body: String::from_utf8_lossy(&raw).into_owned(), raw, headers }
     }
 
     async fn get(&self, path: &str, query: &[(&str, &str)]) -> Reply {
@@ -349,6 +351,20 @@ async fn lifecycle_from_creation_through_deploy_and_release() {
         );
         let pp = c.get(&format!("machines/{sid}/"), &[("op", "power_parameters")]).await.json();
         assert_eq!(pp["power_address"], "172.16.15.2");
+
+        // details: a BSON document whose length prefix matches the body.
+        let r = c.get(&format!("machines/{sid}/"), &[("op", "details")]).await;
+        assert_eq!(r.content_type(), "application/bson");
+        let bytes = &r.raw;
+        assert_eq!(i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len());
+        // Tags: create, attach, filter.
+        assert_eq!(c.send("POST", "tags/", &[], &[("name", "db")]).await.status, 200);
+        let r = c.op("tags/db/", "update_nodes", &[("add", sid.as_str())]).await;
+        assert_eq!(r.json()["added"], 1);
+        let tagged = c.get("machines/", &[("tags", "db")]).await.json();
+        assert_eq!(tagged[0]["tag_names"], serde_json::json!(["db"]));
+        let r = c.send("POST", "tags/", &[], &[("name", "bad tag")]).await;
+        assert_eq!(r.body, r#"{"name": ["Invalid character in tag name."]}"#);
 
         // Script results and the legacy commissioning results.
         let sets = c.get(&format!("nodes/{sid}/results/"), &[("type", "commissioning")]).await.json();
@@ -890,6 +906,78 @@ async fn python_libmaas_drives_the_sim() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "libmaas failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("libmaas ok"), "{stdout}");
+        sim.shutdown().await;
+    })
+    .await;
+}
+
+/// Every status against the ops a coordinator uses (maas-api.md 3.3): accepted where MAAS accepts, otherwise
+/// refused with MAAS's status code and body.
+#[tokio::test]
+async fn every_op_in_every_status() {
+    use maas_sim::status::{ALL, Status};
+    within(async {
+        let (sim, c) = sim_with(true).await;
+        let sid = sid_by_host(&c, "server1").await;
+        let path = format!("machines/{sid}/");
+        for status in ALL {
+            let label = status.label();
+            let cases: [(&str, bool, u16, String); 6] = [
+                (
+                    "deploy",
+                    matches!(status, Status::Ready | Status::Allocated),
+                    409,
+                    format!("Can't deploy a machine that is in the '{label}' state"),
+                ),
+                (
+                    "release",
+                    matches!(
+                        status,
+                        Status::Ready
+                            | Status::Releasing
+                            | Status::Allocated
+                            | Status::Reserved
+                            | Status::Broken
+                            | Status::Deploying
+                            | Status::Deployed
+                            | Status::FailedDeployment
+                            | Status::FailedDiskErasing
+                            | Status::FailedReleasing
+                    ),
+                    409,
+                    format!("Machine cannot be released in its current state ('{label}')."),
+                ),
+                (
+                    "commission",
+                    matches!(status, Status::New | Status::Ready | Status::FailedCommissioning | Status::Broken),
+                    400,
+                    r#"{"__all__": ["Commission is not available because of the current state of the node."]}"#
+                        .to_owned(),
+                ),
+                (
+                    "abort",
+                    matches!(status, Status::Commissioning | Status::Deploying | Status::DiskErasing | Status::Testing),
+                    409,
+                    format!("Cannot abort in current state: node {sid} is in state {label}."),
+                ),
+                ("mark_fixed", status == Status::Broken, 409, "Can't mark a non-broken node as 'Ready'.".to_owned()),
+                (
+                    "lock",
+                    matches!(status, Status::Deployed | Status::Deploying),
+                    409,
+                    "Can't lock, node is not deployed or deploying".to_owned(),
+                ),
+            ];
+            for (op, allowed, code, body) in cases {
+                assert!(sim.force_status("server1", status));
+                let r = c.op(&path, op, &[]).await;
+                if allowed {
+                    assert_eq!(r.status, 200, "{op} in {label}: {}", r.body);
+                } else {
+                    assert_eq!((r.status, r.body.as_str()), (code, body.as_str()), "{op} in {label}");
+                }
+            }
+        }
         sim.shutdown().await;
     })
     .await;
