@@ -17,9 +17,11 @@
 //! ```
 //! - [`start`] binds, spawns the server and returns once it accepts.
 //! - [`Handle`]: `addr`, `base_url`, `api_key`, `request_log`, `clear_request_log`, `inject`, `clear_faults`,
-//!   `set_machine_failure`, `create_api_key(username, admin)`, `force_status` (a test shortcut), `shutdown`.
+//!   `set_machine_failure`, `set_external_dhcp`, `create_api_key(username, admin)`, `force_status` (a test
+//!   shortcut), `shutdown`.
 //! - Admin HTTP endpoints outside `/MAAS/`: `POST /_sim/faults` (a [`Fault`] as JSON), `DELETE /_sim/faults`,
-//!   `GET /_sim/requests`, `DELETE /_sim/requests`.
+//!   `GET /_sim/requests`, `DELETE /_sim/requests`, `POST /_sim/external-dhcp` (`{"vlan_id":5001,"ip":"172.16.0.1"}`,
+//!   `"ip":null` clears it).
 //!
 //! # Layout
 //! - [`status`]: node statuses and the allowed transitions.

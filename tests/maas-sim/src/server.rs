@@ -94,6 +94,12 @@ impl Handle {
         self.shared.world().force_status(hostname, status)
     }
 
+    /// What the rack "sees" on a VLAN: another DHCP server at `ip` (the router's), or none. MAAS reports it as the
+    /// VLAN's `external_dhcp`. Returns false when no VLAN has that id.
+    pub fn set_external_dhcp(&self, vlan_id: u64, ip: Option<std::net::IpAddr>) -> bool {
+        set_external_dhcp(&mut self.shared.world(), vlan_id, ip)
+    }
+
     /// Creates (or reuses) a user and returns a fresh API key for it.
     pub fn create_api_key(&self, username: &str, admin: bool) -> String {
         let mut w = self.shared.world();
@@ -128,6 +134,24 @@ fn inject(w: &mut World, fault: Fault) {
         }
         other => w.faults.push(other),
     }
+}
+
+fn set_external_dhcp(w: &mut World, vlan_id: u64, ip: Option<std::net::IpAddr>) -> bool {
+    match w.vlans.iter_mut().find(|v| v.id == vlan_id) {
+        Some(v) => {
+            v.external_dhcp = ip.map(|i| i.to_string());
+            true
+        }
+        None => false,
+    }
+}
+
+/// The body of `POST /_sim/external-dhcp`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExternalDhcp {
+    vlan_id: u64,
+    ip: Option<std::net::IpAddr>,
 }
 
 fn split_key(key: &str) -> anyhow::Result<(String, String, String)> {
@@ -391,6 +415,11 @@ fn sim_admin(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Resp {
             let log = shared.world().log.clone();
             Resp::json(200, &serde_json::to_value(log).expect("log serialises"))
         }
+        ("POST", "external-dhcp") => match serde_json::from_slice::<ExternalDhcp>(body) {
+            Ok(e) if set_external_dhcp(&mut shared.world(), e.vlan_id, e.ip) => Resp::empty(204),
+            Ok(e) => Resp::text(404, format!("no VLAN with id {}; see GET /MAAS/api/2.0/fabrics/", e.vlan_id)),
+            Err(e) => Resp::text(400, format!("bad body: {e}; send {{\"vlan_id\":5001,\"ip\":\"172.16.0.1\"}}")),
+        },
         ("DELETE", "requests") => {
             shared.world().log.clear();
             Resp::empty(204)

@@ -622,6 +622,14 @@ async fn vlan_dhcp_refusal_order() {
         assert_eq!(v["resource_uri"], "/MAAS/api/2.0/vlans/5001/");
         assert_eq!(v["fabric"], "fabric-0");
         assert_eq!(c.get("vlans/5001/", &[]).await.json()["dhcp_on"], true);
+        // The router's DHCP server, as the rack would detect it.
+        assert!(c.get("vlans/5001/", &[]).await.json()["external_dhcp"].is_null());
+        let admin = format!("http://{}/_sim/external-dhcp", sim.addr());
+        let r = reqwest::Client::new().post(&admin).body(r#"{"vlan_id":5001,"ip":"172.16.0.1"}"#).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        assert_eq!(c.get("fabrics/0/vlans/0/", &[]).await.json()["external_dhcp"], "172.16.0.1");
+        assert!(sim.set_external_dhcp(5001, None));
+        assert!(c.get("vlans/5001/", &[]).await.json()["external_dhcp"].is_null());
         assert!(!c.get("notifications/", &[]).await.body.contains("DHCP is not enabled"));
         let services = c.get(&format!("rackcontrollers/{rack}/"), &[]).await.json()["service_set"].clone();
         assert!(services.as_array().unwrap().iter().any(|s| s["name"] == "dhcpd" && s["status"] == "running"));
