@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, Confirmer};
+use crate::client::{Client, ClientError};
 use crate::config::{self, Config};
 use crate::model::{self, PortForward, RemoteManagement, RouterState};
 use crate::probe::{self, ProbeReport, ProbeRequest};
@@ -100,6 +101,23 @@ pub enum Command {
     },
     /// Remove everything the shim created and put DHCP back as it was found.
     Reset,
+    /// The coordinator's check from MAIN: ask a running shim to switch DHCP off, then prove it with
+    /// the local probe on `--interface` (exit 1 with the offers as evidence when anyone answers).
+    #[command(hide = true)]
+    EnsureDhcpOff {
+        /// The shim's address, e.g. `http://172.16.0.1:7443` or `https://router:7443`.
+        #[arg(long)]
+        shim: String,
+        #[arg(long)]
+        interface: String,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+        window: Duration,
+        /// CA of the shim's TLS certificate (for an https address).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Accept TCP connections and greet each with a banner line (a stand-in for MAIN:22 in tests).
     #[command(hide = true)]
     TcpServe {
@@ -239,6 +257,36 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                     println!("failed {address}: timed out after {timeout:?}");
                     Ok(exit::CHECK_FAILED)
                 }
+            }
+        }
+        Command::EnsureDhcpOff { shim, interface, window, ca, output } => {
+            let tls = match ca {
+                Some(path) => {
+                    let pem = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))
+                        .map_err(usage)?;
+                    Some(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                    )
+                }
+                None => None,
+            };
+            let mut client = Client::connect(&shim, tls, Duration::from_secs(10))
+                .await
+                .map_err(|error| Failure { code: exit::UNAVAILABLE, error: error.into() })?;
+            match client.ensure_dhcp_off_and_prove(&interface, window).await {
+                Ok(report) => {
+                    print_probe(&report, output);
+                    Ok(exit::OK)
+                }
+                Err(error @ ClientError::DhcpStillAnswered { .. }) => {
+                    Err(Failure { code: exit::CHECK_FAILED, error: error.into() })
+                }
+                Err(ClientError::Rpc(status)) if status.code() == tonic::Code::Unavailable => {
+                    Err(Failure { code: exit::UNAVAILABLE, error: ClientError::Rpc(status).into() })
+                }
+                Err(error) => Err(error.into()),
             }
         }
         Command::TcpServe { listen, banner } => {

@@ -483,3 +483,81 @@ fn netns_foreign_forward_drop_is_reported() {
     must("ip", &["netns", "exec", &router, "nft", "add rule inet fw forward ct state established,related accept"]);
     assert!(lab.wan_connect(2222).is_some());
 }
+
+#[test]
+fn netns_coordinator_proves_dhcp_off_from_main() {
+    if skip() {
+        return;
+    }
+    let mut lab = Lab::start("d");
+    let config = lab.config().display().to_string();
+    let router = lab.ns("router");
+    let mut serve = Command::new("ip")
+        .args(["netns", "exec", &router, BIN, "--config", &config, "serve", "--insecure", "--listen", "172.16.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    lab.children.push(serve);
+    let addr = line.trim().strip_prefix("listening addr=").expect("readiness line").to_string();
+    let shim_url = format!("http://{addr}");
+    let ensure = |lab: &Lab| {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &lab.ns("main"),
+                BIN,
+                "ensure-dhcp-off",
+                "--shim",
+                &shim_url,
+                "--interface",
+                "main0",
+                "--window",
+                "2s",
+            ],
+        )
+    };
+
+    // From MAIN: the shim switches DHCP off, and MAIN's own probe proves nobody answers.
+    assert_eq!(lab.state()["dhcp_enabled"], true);
+    let output = ensure(&lab);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("0 server(s) answered"));
+    assert_eq!(lab.state()["dhcp_enabled"], false);
+
+    // A rogue DHCP server on the segment (the `lan` host): the proof fails with it as evidence.
+    let lan = lab.ns("lan");
+    let rogue_conf = lab.dir.path().join("rogue.conf");
+    let rogue_pid = lab.dir.path().join("rogue.pid");
+    std::fs::write(
+        &rogue_conf,
+        format!(
+            "interface=lan0\nbind-interfaces\nport=0\nno-ping\nuser=root\ndhcp-range=172.16.0.210,172.16.0.220,1h\ndhcp-leasefile={}/rogue.leases\n",
+            lab.dir.path().display()
+        ),
+    )
+    .unwrap();
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lan,
+            "dnsmasq",
+            &format!("--conf-file={}", rogue_conf.display()),
+            &format!("--pid-file={}", rogue_pid.display()),
+        ],
+    );
+    let lan_link: Value = serde_json::from_str(&must("ip", &["-n", &lan, "-j", "link", "show", "lan0"])).unwrap();
+    let lan_mac = lan_link[0]["address"].as_str().unwrap().to_string();
+    let output = ensure(&lab);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("DHCP is still answered on main0"), "{stderr}");
+    assert!(stderr.contains("server 172.16.0.50"), "{stderr}");
+    assert!(stderr.contains(&lan_mac), "{stderr}");
+}
