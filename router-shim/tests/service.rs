@@ -231,3 +231,61 @@ fn serve_binary_prints_readiness_and_answers_health() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
+
+/// A CA, a server certificate for `localhost`, and a client certificate, all PEM.
+fn pki() -> (String, (String, String), (String, String)) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    (ca.pem(), leaf("localhost"), leaf("coordinator"))
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_the_coordinator_and_refuses_a_client_without_certificate() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+    let outer = async {
+        let (ca, (server_cert, server_key), (client_cert, client_key)) = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ShimSettings {
+            lan_prefix: "172.16.0.0/20".parse().unwrap(),
+            protected_forwards: vec![],
+            confirm_timeout: Duration::from_secs(60),
+            dhcp_found_file: dir.path().join("dhcp-found.json"),
+            auto_rollback: true,
+        };
+        let shim = Shim::new(Arc::new(FakeRouter::default()), settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&server_cert, &server_key))
+            .client_ca_root(Certificate::from_pem(&ca));
+        let stop = CancellationToken::new();
+        let task =
+            tokio::spawn(router_shim::grpc::serve(listener, shim, Some(tls), Duration::from_secs(10), stop.clone()));
+        let address = format!("https://localhost:{port}");
+
+        let good = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(&ca))
+            .identity(Identity::from_pem(&client_cert, &client_key));
+        let mut client = Client::connect(&address, Some(good), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(client.state().await.unwrap().backend, "fake");
+
+        let anonymous = ClientTlsConfig::new().domain_name("localhost").ca_certificate(Certificate::from_pem(&ca));
+        let refused = match Client::connect(&address, Some(anonymous), Duration::from_secs(5)).await {
+            Err(_) => true,
+            Ok(mut client) => client.state().await.is_err(),
+        };
+        assert!(refused, "a client without a certificate signed by the CA is refused");
+
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap().unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), outer).await.expect("test deadline");
+}
