@@ -45,7 +45,7 @@ pub fn silence_limit(interval_ms: u32, thresholds: &HealthThresholds) -> Duratio
 /// The reason recorded when a machine goes silent.
 pub fn unreachable_reason(silent_for: Duration, interval_ms: u32, thresholds: &HealthThresholds) -> String {
     format!(
-        "no heartbeat for {:.1}s ({} intervals of {:.1}s)",
+        "no heartbeat for {:.1}s, over {} intervals of {:.1}s",
         silent_for.as_secs_f64(),
         thresholds.missed_heartbeats,
         f64::from(interval_ms) / 1000.0
