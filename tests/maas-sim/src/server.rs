@@ -340,6 +340,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
         let r = route(&shared, &method, &effective_path, op.as_deref(), &all, &auth, &host);
         r.with_header("X-MAAS-API-Hash", shared.describe_hash.clone()).with_header("Vary", "Authorization")
     };
+    debug!(%method, %path, op = op.as_deref().unwrap_or(""), status = resp.status, "request");
     log(&shared, &method, &path, &op, &all, resp.status);
     let effects = std::mem::take(&mut shared.world().effects);
     run_effects(&shared, effects);
@@ -460,7 +461,7 @@ fn authenticate(w: &mut World, header: &str) -> Result<Caller, Resp> {
         )));
     }
     let nonce_key = (p.consumer_key.clone(), p.token.clone(), p.nonce.clone());
-    if w.nonces.contains(&nonce_key) {
+    if w.nonces.contains_key(&nonce_key) {
         return Err(unauthorized(&format!("'Nonce already used: {}'", p.nonce)));
     }
     if p.signature_method != "PLAINTEXT" && p.signature_method != "HMAC-SHA1" {
@@ -472,7 +473,10 @@ fn authenticate(w: &mut World, header: &str) -> Result<Caller, Resp> {
         return Err(unauthorized("'Invalid signature.'"));
     }
     let username = token.username.clone();
-    w.nonces.insert(nonce_key);
+    if w.nonces.len() >= 10_000 {
+        w.nonces.retain(|_, seen| now - *seen <= 300);
+    }
+    w.nonces.insert(nonce_key, ts);
     let admin = w.is_admin(&username);
     Ok(Caller { username: Some(username), admin })
 }

@@ -1,7 +1,7 @@
 //! The emulated MAAS database: users and tokens, machines, networks, images, config, events; JSON rendering
 //! with MAAS's field names and units; the timed lifecycle steps that move machines along.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use chrono::{DateTime, Utc};
@@ -277,7 +277,9 @@ pub struct World {
     next_id: u64,
     pub users: Vec<User>,
     pub tokens: Vec<Token>,
-    pub nonces: HashSet<(String, String, String)>,
+    /// Used nonces with their timestamps; entries older than the 300 s window are pruned, since an expired
+    /// timestamp is refused before the nonce is even looked at.
+    pub nonces: HashMap<(String, String, String), i64>,
     pub specs: Vec<MachineSpec>,
     pub machines: Vec<Machine>,
     pub rack_system_id: String,
@@ -350,7 +352,7 @@ impl World {
             next_id: 100,
             users: vec![User { username: "admin".into(), email: "admin@example.com".into(), is_superuser: true }],
             tokens: Vec::new(),
-            nonces: HashSet::new(),
+            nonces: HashMap::new(),
             specs: if config.machines.is_empty() { crate::reference_lab() } else { config.machines.clone() },
             machines: Vec::new(),
             rack_system_id: random_system_id(),
