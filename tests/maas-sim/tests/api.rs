@@ -453,6 +453,13 @@ async fn lifecycle_from_creation_through_deploy_and_release() {
         let r = c.op("machines/", "allocate", &[("system_id", "zzzzzz")]).await;
         assert_eq!((r.status, r.body.as_str()), (409, "No machine with system ID zzzzzz available."));
 
+        // Update and delete.
+        let r =
+            c.send("PUT", &format!("machines/{sid}/"), &[], &[("description", "db host"), ("zone", "nowhere")]).await;
+        assert_eq!(r.status, 400);
+        let m = c.send("PUT", &format!("machines/{sid}/"), &[], &[("description", "db host")]).await.json();
+        assert_eq!(m["description"], "db host");
+
         // Events record the transitions in MAAS's date format.
         let ev = c.get("events/", &[("op", "query"), ("id", sid.as_str()), ("limit", "500")]).await.json();
         let types: Vec<&str> = ev["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -473,6 +480,8 @@ async fn lifecycle_from_creation_through_deploy_and_release() {
         let newest = ev["events"][0]["id"].as_u64().unwrap();
         let after = c.get("events/", &[("op", "query"), ("after", &newest.to_string())]).await.json();
         assert_eq!(after["count"], 0);
+        assert_eq!(c.send("DELETE", &format!("machines/{sid}/"), &[], &[]).await.status, 204);
+        assert_eq!(c.get(&format!("machines/{sid}/"), &[]).await.status, 404);
         sim.shutdown().await;
     })
     .await;
@@ -579,6 +588,10 @@ async fn ip_range_validation_messages() {
         let stats = c.get("subnets/1/", &[("op", "statistics")]).await.json();
         assert_eq!(stats["total_addresses"], 4094);
         let id = range["id"].as_u64().unwrap();
+        let r = c.send("PUT", &format!("ipranges/{id}/"), &[], &[("end_ip", "172.16.14.200")]).await;
+        assert_eq!(r.json()["end_ip"], "172.16.14.200");
+        let r = user.send("PUT", &format!("ipranges/{id}/"), &[], &[("comment", "mine")]).await;
+        assert_eq!((r.status, r.body.as_str()), (403, "Unable to modify IP range. You don't own the IP range."));
         assert_eq!(c.send("DELETE", &format!("ipranges/{id}/"), &[], &[]).await.status, 204);
         let r = c.get(&format!("ipranges/{id}/"), &[]).await;
         assert_eq!((r.status, r.body.as_str()), (404, "No IPRange matches the given query."));
@@ -796,7 +809,17 @@ async fn hook_fires_with_the_right_environment() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(read().starts_with(&format!("deployed|server2|{sid}|52:54:00:00:00:02|jammy|#cloud-config")), "{}", read());
-        c.op(&format!("machines/{sid}/"), "release", &[]).await;
+        // Powering off a deployed machine fires powered-off once the power state changes.
+        let m = c.op(&format!("machines/{sid}/"), "power_off", &[]).await.json();
+        assert_eq!(m["power_state"], "on", "the power state changes after the reply");
+        while !read().contains("powered-off|") {
+            assert!(start.elapsed() < Duration::from_secs(10), "power-off hook never ran: {}", read());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(c.get(&format!("machines/{sid}/"), &[("op", "query_power_state")]).await.json()["state"], "off");
+        // Released while off: READY inside the request.
+        let m = c.op(&format!("machines/{sid}/"), "release", &[]).await.json();
+        assert_eq!(m["status"], 4);
         while !read().contains("released|") {
             assert!(start.elapsed() < Duration::from_secs(10), "release hook never ran: {}", read());
             tokio::time::sleep(Duration::from_millis(20)).await;
