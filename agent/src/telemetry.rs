@@ -33,7 +33,9 @@ pub fn init(default_filter: &str) -> Guard {
         }
         None => default_filter.parse().unwrap_or_default(),
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Colours only on a terminal: logs redirected to files and journald stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
     Guard {}
 }
