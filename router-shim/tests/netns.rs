@@ -561,3 +561,54 @@ fn netns_coordinator_proves_dhcp_off_from_main() {
     assert!(stderr.contains("server 172.16.0.50"), "{stderr}");
     assert!(stderr.contains(&lan_mac), "{stderr}");
 }
+
+#[test]
+fn netns_remote_management_opens_and_closes_the_router() {
+    if skip() {
+        return;
+    }
+    let mut lab = Lab::start("e");
+    // The router's own SSH: a listener on all its addresses.
+    let mut sshd = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("router"),
+            BIN,
+            "tcp-serve",
+            "--listen",
+            "0.0.0.0:22",
+            "--banner",
+            "router-ssh",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(sshd.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    lab.children.push(sshd);
+    assert!(lab.wan_connect(22).is_some_and(|b| b.contains("router-ssh")), "open before the shim touches it");
+
+    // Allowed only from elsewhere: the WAN host is refused.
+    assert!(lab.shim_ok(&["remote-management", "enable", "--from", "198.51.100.0/24"]).starts_with("changed"));
+    assert_eq!(lab.wan_connect(22), None);
+    // Allowed from the WAN host's network.
+    lab.shim_ok(&["remote-management", "enable", "--from", "192.0.2.0/24"]);
+    assert!(lab.wan_connect(22).is_some());
+    let state = lab.state();
+    assert_eq!(state["remote_management"]["enabled"], true);
+    assert_eq!(state["remote_management"]["allowed_from"][0], "192.0.2.0/24");
+    assert!(lab.shim_ok(&["remote-management", "enable", "--from", "192.0.2.0/24"]).starts_with("unchanged"));
+
+    // Disabling can lock people out: it needs a `yes`; without one it is rolled back.
+    let disable = ["remote-management", "disable", "--confirm-timeout", "5s"];
+    assert_eq!(lab.shim_answering(&disable, "\n").status.code(), Some(1));
+    assert!(lab.wan_connect(22).is_some());
+    assert!(lab.shim_answering(&disable, "yes\n").status.success());
+    assert_eq!(lab.wan_connect(22), None);
+    assert_eq!(lab.state()["remote_management"]["enabled"], false);
+
+    lab.shim_ok(&["reset"]);
+    assert!(lab.wan_connect(22).is_some(), "reset removes the shim's rules");
+}

@@ -25,7 +25,7 @@ use crate::model::{PortForward, Protocol, RemoteManagement, RouterState};
 const OFF_MARK: &str = "#metalfleet-dhcp-off# ";
 const FWD_COMMENT: &str = "metalfleet:fwd:";
 const MGMT_COMMENT: &str = "metalfleet:mgmt:";
-const MGMT_OFF_COMMENT: &str = "metalfleet:mgmt-off";
+const MGMT_OFF_COMMENT: &str = "metalfleet:mgmt-drop";
 
 /// What the router was like before the shim's first change, so `reset` can put it back.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -286,17 +286,17 @@ fn render_table(config: &LinuxConfig, desired: &TableState) -> String {
     }
     out.push_str("  }\n  chain input {\n    type filter hook input priority filter; policy accept;\n");
     let ports = config.management_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-    match &desired.management {
-        Some(m) if m.enabled => {
+    // Once the shim manages remote management, the management ports on the WAN side are open
+    // only to the allowed CIDRs (accept rules) and closed to everyone else (the final drop).
+    if let Some(m) = &desired.management {
+        if m.enabled {
             for cidr in &m.allowed_from {
                 out.push_str(&format!(
                     "    iifname \"{wan}\" ip saddr {cidr} tcp dport {{ {ports} }} accept comment \"{MGMT_COMMENT}{cidr}\"\n"
                 ));
             }
         }
-        Some(_) => out
-            .push_str(&format!("    iifname \"{wan}\" tcp dport {{ {ports} }} drop comment \"{MGMT_OFF_COMMENT}\"\n")),
-        None => {}
+        out.push_str(&format!("    iifname \"{wan}\" tcp dport {{ {ports} }} drop comment \"{MGMT_OFF_COMMENT}\"\n"));
     }
     out.push_str("  }\n}\n");
     out
@@ -583,6 +583,9 @@ mod tests {
             text.contains("ip saddr 10.0.0.0/8 tcp dport { 22, 443 } accept comment \"metalfleet:mgmt:10.0.0.0/8\"")
         );
         assert!(text.contains("oifname \"wan0\" masquerade"));
+        assert!(text.contains("iifname \"wan0\" tcp dport { 22, 443 } drop comment \"metalfleet:mgmt-drop\""));
+        let unmanaged = render_table(&config(), &TableState { management: None, ..desired });
+        assert!(!unmanaged.contains("tcp dport { 22, 443 }"), "{unmanaged}");
     }
 
     #[test]
@@ -593,7 +596,7 @@ mod tests {
               {"match":{"op":"==","left":{"meta":{"key":"iifname"}},"right":"wan0"}},
               {"match":{"op":"==","left":{"payload":{"protocol":"udp","field":"dport"}},"right":53}},
               {"dnat":{"addr":"172.16.0.9","port":5353}}]}},
-            {"rule":{"family":"ip","table":"metalfleet","chain":"input","comment":"metalfleet:mgmt-off","expr":[]}}]}"#,
+            {"rule":{"family":"ip","table":"metalfleet","chain":"input","comment":"metalfleet:mgmt-drop","expr":[]}}]}"#,
         )
         .unwrap();
         let state = parse_table(&json).unwrap();
