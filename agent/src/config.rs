@@ -417,4 +417,24 @@ mod tests {
         let config = Config::from_sources(Some(parsed), &env(&[]), &insecure_args()).unwrap();
         assert_eq!(config.interval, Duration::from_secs(10));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_size_text_parses_or_errors_without_panicking(text in ".{0,24}") {
+            let _ = text.parse::<ByteSize>();
+        }
+
+        #[test]
+        fn mebibytes_parse_exactly(n in 0u64..(1 << 40)) {
+            proptest::prop_assert_eq!(format!("{n}MiB").parse::<ByteSize>().unwrap(), ByteSize(n << 20));
+            proptest::prop_assert_eq!(format!("{n}").parse::<ByteSize>().unwrap(), ByteSize(n));
+        }
+
+        #[test]
+        fn any_config_text_parses_or_names_a_line(text in "[a-z_ =\"0-9\n\\[\\]]{0,80}") {
+            if let Err(error) = common_config::parse::<FileConfig>(Path::new("p.toml"), &text) {
+                proptest::prop_assert!(error.to_string().starts_with("p.toml:"));
+            }
+        }
+    }
 }

@@ -41,4 +41,11 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
         assert!(rss_bytes().unwrap() > 0);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_status_text_is_parsed_without_panicking(text in "(VmRSS:)?[ \t0-9a-zA-Z:\n]{0,60}") {
+            let _ = parse_vm_rss(&text);
+        }
+    }
 }

@@ -470,4 +470,21 @@ mod tests {
         let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["sda"]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_mac_text_is_normalized_or_rejected_without_panicking(text in ".{0,40}") {
+            if let Some(mac) = normalize_mac(&text) {
+                proptest::prop_assert_eq!(mac.len(), 17);
+                proptest::prop_assert_eq!(mac.clone(), mac.to_lowercase());
+            }
+        }
+
+        #[test]
+        fn every_non_zero_mac_is_kept_in_lower_case(bytes in proptest::array::uniform6(0u8..)) {
+            let upper = bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+            let expected = (bytes != [0; 6]).then(|| upper.to_lowercase());
+            proptest::prop_assert_eq!(normalize_mac(&upper), expected);
+        }
+    }
 }

@@ -272,4 +272,32 @@ mod tests {
         assert_eq!(wire.link_state, pb::LinkState::Down as i32);
         assert!(wire.r#virtual);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_sample_round_trips(
+            seconds in 0u64..4_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            cpu in 0.0f64..100.0,
+            loads in proptest::array::uniform3(0.0f64..1000.0),
+            memory in proptest::array::uniform5(0u64..u64::MAX),
+            uptime in 0u64..u64::MAX,
+            label in ".{0,16}",
+            celsius in -50.0f64..150.0,
+        ) {
+            let mut original = sample(0);
+            original.taken_at = SystemTime::UNIX_EPOCH + std::time::Duration::new(seconds, nanos);
+            original.cpu_percent = cpu;
+            (original.load1, original.load5, original.load15) = (loads[0], loads[1], loads[2]);
+            original.memory_total_bytes = memory[0];
+            original.memory_used_bytes = memory[1];
+            original.memory_available_bytes = memory[2];
+            original.swap_total_bytes = memory[3];
+            original.swap_used_bytes = memory[4];
+            original.uptime_seconds = uptime;
+            original.temperatures.push(Temperature { label, celsius });
+            let wire = pb::HealthSample::from(&original);
+            proptest::prop_assert_eq!(HealthSample::try_from(wire).unwrap(), original);
+        }
+    }
 }
