@@ -46,9 +46,9 @@ pub struct Config {
     pub health: HealthThresholds,
     #[serde(default)]
     pub tls: TlsConfig,
-    /// The MAAS client's settings; read by `coordinator::maas`, not by the core.
+    /// The MAAS client's settings (see [`crate::maas::Config`]); absent when MAAS is not used.
     #[serde(default)]
-    pub maas: Option<toml::Table>,
+    pub maas: Option<crate::maas::Config>,
 }
 
 /// When a machine counts as degraded.
@@ -293,10 +293,13 @@ mod tests {
     }
 
     #[test]
-    fn maas_table_is_left_for_the_maas_client() {
-        let file = write("[maas]\nurl = \"http://main:5240/MAAS/\"\n");
+    fn maas_table_is_the_maas_clients_config() {
+        let file = write("[maas]\nurl = \"http://main:5240/MAAS/\"\napi_key_file = \"/etc/metalfleet/maas.key\"\n");
         let config = Config::from_sources(Some(file.path()), &env(&[]), &Overrides::default()).unwrap();
-        assert!(config.maas.is_some());
+        assert_eq!(config.maas.unwrap().url.as_str(), "http://main:5240/MAAS/");
+        let bad = write("[maas]\nurl = \"http://main:5240/MAAS/\"\napi_key_file = \"/k\"\napikey = \"x\"\n");
+        let error = Config::from_sources(Some(bad.path()), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains(":4:1: key `maas.apikey`"), "{error}");
     }
 
     #[test]
