@@ -483,6 +483,9 @@ impl Connection<'_> {
 
     async fn obey(&self, client: &mut AgentServiceClient<Channel>, machine_id: &str, directive: pb::Directive) {
         match directive.kind {
+            Some(pb::directive::Kind::SetInterval(set)) if set.interval_ms == 0 => {
+                debug!(reason = %set.reason, "ignoring a SetInterval without an interval");
+            }
             Some(pb::directive::Kind::SetInterval(set)) => {
                 let wanted = Duration::from_millis(u64::from(set.interval_ms)).max(MIN_INTERVAL);
                 info!(interval = ?wanted, reason = %set.reason, "coordinator set the heartbeat interval");
