@@ -155,3 +155,36 @@ async fn coordinator_announces_readiness_and_exits_cleanly_on_sigterm() {
     let exit = timeout(Duration::from_secs(15), child.wait()).await.expect("exits within the grace period").unwrap();
     assert!(exit.success(), "clean exit on SIGTERM: {exit}");
 }
+
+#[tokio::test]
+async fn fleetctl_events_follow_prints_live_events_as_json_lines() {
+    let state = tempfile::tempdir().unwrap();
+    let (stop, server, url) = in_process(state.path()).await;
+    let client_toml = state.path().join("client.toml");
+    let mut follower = Command::new(fleetctl())
+        .args(["--config", client_toml.to_str().unwrap(), "events", "--follow", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+
+    let ca = std::fs::read_to_string(state.path().join("ca.pem")).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    let channel =
+        tonic::transport::Endpoint::from_shared(url).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let request = pb::EnrollRequest { agent_id: "a1".into(), hostname: "live1".into(), ..Default::default() };
+    AgentServiceClient::new(channel).enroll(request).await.unwrap();
+
+    let line = timeout(DEADLINE, lines.next_line()).await.expect("an event line in time").unwrap().unwrap();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["kind"], "enrolled");
+    assert_eq!(event["hostname"], "live1");
+    for key in ["id", "at", "machine_id", "message", "from_health", "to_health"] {
+        assert!(event.get(key).is_some(), "{key} missing in {line}");
+    }
+    follower.kill().await.unwrap();
+    stop.cancel();
+    timeout(DEADLINE, server).await.unwrap().unwrap();
+}
