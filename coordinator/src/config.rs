@@ -33,6 +33,9 @@ pub struct Config {
     /// How long in-flight calls may run after SIGTERM before the server stops anyway.
     #[serde(with = "humantime_serde", default = "default_grace_period")]
     pub grace_period: Duration,
+    /// How long a call may take to be answered (for Heartbeat: until its first message arrived).
+    #[serde(with = "humantime_serde", default = "default_request_timeout")]
+    pub request_timeout: Duration,
     /// The largest gRPC message accepted; bigger ones are refused with RESOURCE_EXHAUSTED.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
@@ -148,6 +151,9 @@ impl Config {
         if self.history_samples == 0 {
             problems.push("history_samples must be at least 1".to_string());
         }
+        if self.request_timeout.is_zero() {
+            problems.push("request_timeout must be above zero".to_string());
+        }
         if self.max_message_bytes < 1024 {
             problems.push("max_message_bytes must be at least 1024".to_string());
         }
@@ -197,6 +203,9 @@ fn default_history_samples() -> u32 {
 }
 fn default_grace_period() -> Duration {
     Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_message_bytes() -> usize {
     4 * 1024 * 1024

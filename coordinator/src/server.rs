@@ -101,6 +101,7 @@ pub async fn prepare_with_store(
     let (fleet, tasks) = Fleet::start(store, settings, fleet_stop.clone()).await?;
 
     let mut builder = tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     let ca_file = if config.insecure {

@@ -454,3 +454,24 @@ async fn a_full_write_queue_slows_agents_down_and_a_drained_one_restores_them() 
     .expect("test within its deadline");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_heartbeat_stream_without_a_first_message_times_out() {
+    let running = Running::start(|config| config.request_timeout = Duration::from_millis(300)).await;
+    timeout(DEADLINE, async {
+        let mut agent = running.agent().await;
+        let (sender, receiver) = mpsc::channel::<pb::HeartbeatRequest>(1);
+        let status = agent.heartbeat(ReceiverStream::new(receiver)).await.unwrap_err();
+        assert!(
+            matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded),
+            "unexpected status {status:?}"
+        );
+        drop(sender);
+        // The server still answers.
+        let mut fleet = running.fleet().await;
+        fleet.list_machines(pb::ListMachinesRequest {}).await.unwrap();
+    })
+    .await
+    .expect("test within its deadline");
+    running.stop().await;
+}
