@@ -412,6 +412,8 @@ async fn serve(config: Config, insecure_flag: bool, listen: Option<SocketAddr>) 
         }
         Some(tls)
     };
+    // The config holds paths, never secrets (credentials live in 0600 files), so it is logged whole.
+    tracing::info!(?config, "config loaded");
     let shim = Shim::from_config(&config, Arc::new(RefuseConfirmer))?;
     let addr = listen.unwrap_or(config.serve.listen);
     let listener = tokio::net::TcpListener::bind(addr)

@@ -122,7 +122,10 @@ pub fn discover(xid: u32) -> Result<Vec<u8>, ProbeError> {
 
 /// Reads an OFFER for `xid`; `None` for anything else (other xids, other message types, no option 54).
 pub fn parse_offer(bytes: &[u8], xid: u32, source_ip: Ipv4Addr) -> Option<DhcpOffer> {
-    let msg = Message::from_bytes(bytes).ok()?;
+    // dhcproto has `debug_assert!`s and unchecked length arithmetic on some options, so a malformed
+    // packet from the wire can panic in a debug build; such a packet is simply not an offer. (Release
+    // builds have no debug assertions and abort on panic, so this guard only matters in debug.)
+    let msg = std::panic::catch_unwind(|| Message::from_bytes(bytes)).ok()?.ok()?;
     if msg.opcode() != Opcode::BootReply || msg.xid() != xid || msg.opts().msg_type() != Some(MessageType::Offer) {
         return None;
     }

@@ -159,3 +159,43 @@ mod tests {
         assert!(forward_from_wire(wire).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_forward() -> impl Strategy<Value = PortForward> {
+        ("[A-Za-z0-9._-]{1,64}", any::<bool>(), 1u16.., any::<[u8; 4]>(), 1u16.., any::<bool>()).prop_map(
+            |(name, udp, external_port, ip, port, protected)| PortForward {
+                name,
+                protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+                external_port,
+                target: std::net::SocketAddrV4::new(ip.into(), port),
+                protected,
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn forward_round_trips(forward in arb_forward()) {
+            prop_assert_eq!(forward_from_wire(forward_to_wire(&forward)).unwrap(), forward);
+        }
+
+        #[test]
+        fn arbitrary_wire_forwards_never_panic(
+            name in ".{0,80}", protocol in any::<i32>(), external_port in any::<u32>(),
+            target_ip in ".{0,20}", target_port in any::<u32>(),
+        ) {
+            let wire = pb::PortForward { name, protocol, external_port, target_ip, target_port, protected: false };
+            let _ = forward_from_wire(wire);
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_never_an_offer_by_accident(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            // Garbage may not panic; an offer needs the BOOTREPLY, our xid, type Offer and option 54.
+            let _ = crate::probe::parse_offer(&bytes, 0x1234_5678, std::net::Ipv4Addr::LOCALHOST);
+        }
+    }
+}
