@@ -289,3 +289,37 @@ async fn mutual_tls_admits_the_coordinator_and_refuses_a_client_without_certific
     };
     tokio::time::timeout(Duration::from_secs(30), outer).await.expect("test deadline");
 }
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn probe_over_grpc_and_the_coordinator_proof_on_loopback() {
+    let outer = async {
+        let router = Arc::new(FakeRouter::default());
+        router.state.lock().unwrap().0 = true;
+        let server = start(router.clone(), Duration::from_secs(60)).await;
+        let mut client = Client::connect(&server.address, None, Duration::from_secs(5)).await.unwrap();
+        let request = proto::v1::ProbeDhcpRequest { interface: String::new(), window_ms: 500, stop_at_first: false };
+        let status = client.raw().probe_dhcp(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        if !is_root() {
+            eprintln!("SKIPPED the probe part: binding the DHCP client port needs root");
+            return;
+        }
+        // Nobody serves DHCP on loopback: the shim's probe sees nobody, and so does the local proof.
+        let report = client.probe_dhcp_remote("lo", Duration::from_millis(600)).await.unwrap();
+        assert!(report.discovers_sent >= 3, "{report:?}");
+        assert!(report.offers.is_empty());
+        assert_eq!(report.interface, "lo");
+        let proof = client.ensure_dhcp_off_and_prove("lo", Duration::from_millis(600)).await.unwrap();
+        assert!(proof.offers.is_empty() && proof.discovers_sent >= 3);
+        assert!(!router.state.lock().unwrap().0, "the shim switched DHCP off first");
+        server.stop().await;
+    };
+    tokio::time::timeout(Duration::from_secs(30), outer).await.expect("test deadline");
+}
