@@ -3,6 +3,8 @@
 //! Library crates only emit `tracing` events; this is the one place that decides where they
 //! go. Logs go to stderr so that `--output json` on stdout stays clean.
 
+use std::io::IsTerminal;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -33,7 +35,10 @@ impl Drop for Guard {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set; it needs a running tokio runtime.
 pub fn init(service: &'static str, default_filter: &str) -> Guard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty());
     let provider = endpoint.and_then(|endpoint| match otlp_provider(service, &endpoint) {
         Ok(provider) => Some(provider),
