@@ -483,21 +483,7 @@ fn dash(text: &str) -> &str {
 }
 
 fn summary(state: &RouterState) -> String {
-    let forwards: Vec<String> = state.forwards.iter().map(ToString::to_string).collect();
-    let management = if state.remote_management.enabled {
-        format!(
-            "on from {}",
-            state.remote_management.allowed_from.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-        )
-    } else {
-        "off".to_string()
-    };
-    format!(
-        "dhcp {}, forwards [{}], remote management {}",
-        if state.dhcp_enabled { "on" } else { "off" },
-        forwards.join("; "),
-        management
-    )
+    state.to_string()
 }
 
 fn print_outcome(outcome: &ChangeOutcome) {

@@ -154,6 +154,22 @@ pub fn validate_forward(forward: &PortForward, lan: Ipv4Net) -> Result<(), Inval
     Ok(())
 }
 
+/// One line: `dhcp on (pool ...), forwards [...], remote management on from ...`, for logs and prompts.
+impl fmt::Display for RouterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let forwards: Vec<String> = self.forwards.iter().map(ToString::to_string).collect();
+        let m = &self.remote_management;
+        let from: Vec<String> = m.allowed_from.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "dhcp {}, forwards [{}], remote management {}",
+            if self.dhcp_enabled { "on" } else { "off" },
+            forwards.join("; "),
+            if m.enabled { format!("on from {}", from.join(",")) } else { "off".to_string() }
+        )
+    }
+}
+
 impl fmt::Display for PortForward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{} -> {}", self.name, self.protocol, self.external_port, self.target)

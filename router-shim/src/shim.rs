@@ -243,7 +243,7 @@ impl Shim {
         }
         let changed = changed && (after != before || !matches!(change, Change::Reset));
         if changed {
-            tracing::info!(backend = self.backend.name(), change = ?change, before = ?before, after = ?after, "applied change");
+            tracing::info!(backend = self.backend.name(), change = ?change, before = %before, after = %after, "applied change");
         } else {
             tracing::info!(backend = self.backend.name(), change = ?change, "already in the asked state; nothing applied");
         }
@@ -304,7 +304,7 @@ impl Shim {
             Rollback::RestoreManagement(previous) => self.backend.set_remote_management(previous).await?,
         }
         let after = self.state().await?;
-        tracing::warn!(pending_change_id = %id, before = ?before, after = ?after, "rolled back an unconfirmed change");
+        tracing::warn!(pending_change_id = %id, before = %before, after = %after, "rolled back an unconfirmed change");
         Ok(())
     }
 
