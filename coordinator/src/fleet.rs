@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,9 @@ use crate::store::{SampleWrite, Store, StoreError};
 
 /// Heartbeats written per transaction at most.
 const MAX_BATCH: usize = 1024;
+/// Samples waiting to be written, per slot of the write queue: the queue is bounded in messages
+/// and, through a semaphore, in samples (a reconnecting agent may flush many in one message).
+const SAMPLES_PER_QUEUE_SLOT: usize = 4;
 /// Live events buffered per WatchEvents subscriber before it must catch up from the store.
 const EVENT_BROADCAST: usize = 1024;
 
@@ -46,6 +49,8 @@ pub struct FleetSettings {
     pub heartbeat_interval: Duration,
     pub write_queue: usize,
     pub evaluate_every: Duration,
+    /// Samples kept per machine; a heartbeat carrying more keeps only the newest this many.
+    pub history_samples: u32,
 }
 
 /// One heartbeat message, already converted.
@@ -80,7 +85,15 @@ pub struct Fleet {
     pending: Mutex<VecDeque<Pending>>,
     pending_ready: Notify,
     events: broadcast::Sender<Event>,
-    writes: mpsc::Sender<SampleWrite>,
+    writes: mpsc::Sender<Queued>,
+    /// Bounds the samples waiting in the queue; permits go back once the writer committed them.
+    sample_budget: Arc<Semaphore>,
+}
+
+/// A heartbeat waiting for the writer, holding its share of the sample budget.
+struct Queued {
+    write: SampleWrite,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The fleet's background tasks; await [`FleetTasks::join`] after cancelling to flush the queues.
@@ -117,6 +130,7 @@ impl Fleet {
             machines.insert(machine.id.clone(), Live { machine, latest, silent_since: now });
         }
         let (writes, queue) = mpsc::channel(settings.write_queue);
+        let sample_budget = Arc::new(Semaphore::new(settings.write_queue * SAMPLES_PER_QUEUE_SLOT));
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
         let fleet = Arc::new(Fleet {
             store,
@@ -126,6 +140,7 @@ impl Fleet {
             pending_ready: Notify::new(),
             events,
             writes,
+            sample_budget,
         });
         let handles = vec![
             tokio::spawn(writer_task(fleet.store.clone(), queue, stop.clone())),
@@ -208,8 +223,13 @@ impl Fleet {
     /// # Errors
     /// [`FleetError::NotEnrolled`] for an unknown machine; [`FleetError::ShuttingDown`] once the
     /// writer has stopped.
-    pub async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<(), FleetError> {
+    pub async fn heartbeat(&self, mut heartbeat: Heartbeat) -> Result<(), FleetError> {
         let received_at = Utc::now();
+        // Older samples than the history keeps would be pruned at once; do not queue them.
+        let keep = self.settings.history_samples.max(1) as usize;
+        if heartbeat.samples.len() > keep {
+            heartbeat.samples.drain(..heartbeat.samples.len() - keep);
+        }
         let interval_ms = {
             let mut machines = self.lock();
             let live = machines
@@ -237,7 +257,13 @@ impl Fleet {
         }
         let write =
             SampleWrite { machine_id: heartbeat.machine_id, samples: heartbeat.samples, received_at, interval_ms };
-        self.writes.send(write).await.map_err(|_| FleetError::ShuttingDown)
+        let budget = self.sample_budget.clone();
+        let wanted = write.samples.len().min(self.settings.write_queue * SAMPLES_PER_QUEUE_SLOT);
+        let permit = match wanted {
+            0 => None,
+            n => Some(budget.acquire_many_owned(n as u32).await.map_err(|_| FleetError::ShuttingDown)?),
+        };
+        self.writes.send(Queued { write, permit }).await.map_err(|_| FleetError::ShuttingDown)
     }
 
     /// Notes that the agent was told to sample at `interval_ms`. Only lengthens the interval used
@@ -385,8 +411,8 @@ fn transition(live: &mut Live, health: Health, reasons: Vec<String>, at: DateTim
     Some(Pending { event, health: record })
 }
 
-async fn writer_task(store: Arc<dyn Store>, mut queue: mpsc::Receiver<SampleWrite>, stop: CancellationToken) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+async fn writer_task(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Queued>, stop: CancellationToken) {
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
             biased;
@@ -397,27 +423,35 @@ async fn writer_task(store: Arc<dyn Store>, mut queue: mpsc::Receiver<SampleWrit
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(write) => batch.push(write),
+                Ok(queued) => batch.push(queued),
                 Err(_) => break,
             }
         }
-        let count = batch.len();
-        if let Err(error) = store.record_samples(std::mem::take(&mut batch)).await {
-            tracing::warn!(%error, heartbeats = count, "writing heartbeats failed; these samples are lost");
-        }
+        commit(store.as_ref(), &mut batch).await;
     }
     // Drain what was accepted before the stop, so no acknowledged heartbeat is lost.
     queue.close();
-    while let Some(write) = queue.recv().await {
-        batch.push(write);
+    while let Some(queued) = queue.recv().await {
+        batch.push(queued);
         if batch.len() >= MAX_BATCH {
-            let _ = store.record_samples(std::mem::take(&mut batch)).await;
+            commit(store.as_ref(), &mut batch).await;
         }
     }
-    if let Err(error) = store.record_samples(batch).await {
-        tracing::warn!(%error, "writing the last heartbeats failed");
-    }
+    commit(store.as_ref(), &mut batch).await;
     tracing::debug!("heartbeat writer stopped");
+}
+
+/// Writes `batch` in one transaction, then releases its share of the sample budget.
+async fn commit(store: &dyn Store, batch: &mut Vec<Queued>) {
+    if batch.is_empty() {
+        return;
+    }
+    let (writes, permits): (Vec<SampleWrite>, Vec<_>) = batch.drain(..).map(|q| (q.write, q.permit)).unzip();
+    let count = writes.len();
+    if let Err(error) = store.record_samples(writes).await {
+        tracing::warn!(%error, heartbeats = count, "writing heartbeats failed; these samples are lost");
+    }
+    drop(permits);
 }
 
 async fn event_task(fleet: Arc<Fleet>, stop: CancellationToken) {
@@ -444,6 +478,8 @@ async fn evaluator_task(fleet: Arc<Fleet>, stop: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+    use tokio::time::timeout;
+
     use super::*;
     use crate::domain::FilesystemUsage;
     use crate::store::SqliteStore;
@@ -454,6 +490,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(1),
             write_queue: 64,
             evaluate_every: Duration::from_secs(3600),
+            history_samples: 100,
         }
     }
 
@@ -561,6 +598,25 @@ mod tests {
         assert_eq!(store.machine(&id).await.unwrap().unwrap().health, Health::Healthy);
         let kinds: Vec<String> = store.events(0, None).await.unwrap().into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds, vec!["enrolled", "health_changed", "health_changed", "health_changed"]);
+    }
+
+    #[tokio::test]
+    async fn a_flush_of_more_samples_than_the_history_keeps_only_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
+        let stop = CancellationToken::new();
+        let (fleet, tasks) = Fleet::start(store.clone(), settings(), stop.clone()).await.unwrap();
+        let id = fleet.enroll(enrollment("a")).await.unwrap().id;
+        // More samples than the whole sample budget (64 slots x 4) and the history (100).
+        let samples: Vec<Sample> = (0..300).map(|i| Sample { cpu_percent: f64::from(i), ..sample(50) }).collect();
+        let heartbeat = Heartbeat { machine_id: id.clone(), samples, interval_ms: 0, dropped_samples: 0 };
+        timeout(Duration::from_secs(10), fleet.heartbeat(heartbeat)).await.expect("no deadlock on the budget").unwrap();
+        stop.cancel();
+        tasks.join().await;
+        let history = store.history(&id, 1000).await.unwrap();
+        assert_eq!(history.len(), 100);
+        assert_eq!(history.first().unwrap().cpu_percent, 200.0);
+        assert_eq!(history.last().unwrap().cpu_percent, 299.0);
     }
 
     #[tokio::test]

@@ -95,6 +95,7 @@ pub async fn prepare_with_store(
         heartbeat_interval: config.heartbeat_interval,
         write_queue: config.write_queue,
         evaluate_every: config.evaluate_every,
+        history_samples: config.history_samples,
     };
     // The fleet's tasks outlive the server by a little: they flush what the last calls queued.
     let fleet_stop = CancellationToken::new();
