@@ -4,6 +4,9 @@
 //! serde's complaint into `FILE:LINE:COLUMN: key `a.b`: what is wrong`, and gives each
 //! binary one way to read `METALFLEET_*` variables that tests can replace.
 
+#[cfg(test)]
+mod proptests;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -19,13 +22,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {key_part}{message}", key_part = key.as_deref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        key: Option<String>,
-        message: String,
-    },
+    Invalid { path: PathBuf, line: usize, column: usize, key: Option<String>, message: String },
     #[error("{source_name}: {message}")]
     Value { source_name: String, message: String },
 }
@@ -171,7 +168,10 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        check("listen = \"a\"\n[tls]\nport = \"x\"\n", "/etc/x.toml:3:8: key `tls.port`: invalid type: string \"x\", expected u16");
+        check(
+            "listen = \"a\"\n[tls]\nport = \"x\"\n",
+            "/etc/x.toml:3:8: key `tls.port`: invalid type: string \"x\", expected u16",
+        );
     }
 
     #[test]
