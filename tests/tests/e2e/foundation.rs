@@ -27,7 +27,9 @@ impl Coordinator {
         let config = state.parent().expect("state has a parent").join("coordinator.toml");
         std::fs::write(
             &config,
-            format!("heartbeat_interval = \"{INTERVAL_SECS}s\"\n\n[health]\nload_per_cpu = 1000.0\ndisk_used_percent = 99.9\nmemory_available_percent = 0.1\n"),
+            format!(
+                "heartbeat_interval = \"{INTERVAL_SECS}s\"\n\n[health]\nload_per_cpu = 1000.0\ndisk_used_percent = 99.9\nmemory_available_percent = 0.1\n"
+            ),
         )?;
         let mut command = Command::new(bin("coordinator"));
         command.arg("serve").arg("--config").arg(&config).arg("--state-dir").arg(state).arg("--listen").arg(listen);
@@ -197,11 +199,16 @@ fn restarted_coordinator_keeps_machines_and_receives_buffered_samples() -> Resul
 fn malformed_configs_name_file_line_and_key_and_exit_64() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "# a comment\n\nlisten = \"127.0.0.1:0\"\nlisten_adress = \"x\"\n")?;
-    let cases: [(&str, &[&str]); 2] = [("coordinator", &["serve", "--config"]), ("agent", &["run", "--config"])];
+    std::fs::write(&bad, "# a comment\n\n# the key below is misspelt\nlisten_adress = \"x\"\n")?;
+    let state = dir.path().join("state");
+    let cases: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+        ("coordinator", vec!["serve".as_ref(), "--state-dir".as_ref(), state.as_os_str(), "--config".as_ref()]),
+        ("agent", vec!["run".as_ref(), "--state-dir".as_ref(), state.as_os_str(), "--config".as_ref()]),
+        ("fleetctl", vec!["status".as_ref(), "--config".as_ref()]),
+    ];
     for (binary, args) in cases {
         let mut command = Command::new(bin(binary));
-        command.args(args).arg(&bad).arg("--state-dir").arg(dir.path().join(binary));
+        command.args(args).arg(&bad);
         let output = run(command, Duration::from_secs(20))?;
         assert_eq!(output.status.code(), Some(64), "{binary}: {}", stderr(&output));
         let message = stderr(&output);
