@@ -26,6 +26,9 @@ const MAX_BATCH: usize = 1024;
 /// Samples waiting to be written, per slot of the write queue: the queue is bounded in messages
 /// and, through a semaphore, in samples (a reconnecting agent may flush many in one message).
 const SAMPLES_PER_QUEUE_SLOT: usize = 4;
+/// The range of agent-reported intervals the silence rule accepts.
+const MIN_INTERVAL_MS: u32 = 100;
+const MAX_INTERVAL_MS: u32 = 3_600_000;
 /// Live events buffered per WatchEvents subscriber before it must catch up from the store.
 const EVENT_BROADCAST: usize = 1024;
 
@@ -238,7 +241,8 @@ impl Fleet {
             live.silent_since = Instant::now();
             live.machine.last_seen = Some(received_at);
             if heartbeat.interval_ms > 0 {
-                live.machine.heartbeat_interval_ms = heartbeat.interval_ms;
+                // A silly interval must not make the machine flap (too short) or never time out (too long).
+                live.machine.heartbeat_interval_ms = heartbeat.interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
             }
             if let Some(last) = heartbeat.samples.last() {
                 live.latest = Some(last.clone());
