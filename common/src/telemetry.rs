@@ -47,15 +47,16 @@ pub fn init(service: &'static str, default_filter: &str) -> Guard {
             None
         }
     });
-    let otel = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
+    let otel = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
     // A second init (tests calling into a binary's library) keeps the first subscriber.
     let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
     Guard { provider }
 }
 
-fn otlp_provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+fn otlp_provider(
+    service: &'static str,
+    endpoint: &str,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
