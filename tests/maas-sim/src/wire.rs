@@ -1,5 +1,8 @@
 //! The wire layer: form bodies (urlencoded and multipart with per-part base64), OAuth header parsing, responses.
 
+#[cfg(test)]
+mod proptests;
+
 use base64::Engine;
 use serde_json::Value;
 
@@ -82,15 +85,20 @@ pub fn parse_multipart(boundary: &str, body: &[u8]) -> Result<Params, BodyError>
         return Ok(Params(out));
     }
     let mut pos = find(body, &delim, 0).ok_or(BodyError::Malformed)? + delim.len();
+    // Hostile bodies can end right after a delimiter: every index below is checked, never trusted.
+    let rest = |at: usize| body.get(at..).unwrap_or_default();
     loop {
-        if body[pos..].starts_with(b"--") {
+        if rest(pos).starts_with(b"--") {
             return Ok(Params(out));
         }
-        let head_start = if body[pos..].starts_with(b"\r\n") { pos + 2 } else { pos + 1 };
+        let head_start = if rest(pos).starts_with(b"\r\n") { pos + 2 } else { pos + 1 };
+        if head_start > body.len() {
+            return Err(BodyError::Malformed);
+        }
         // A part may have no headers at all (python's email package writes one for an empty form).
-        let (head_end, sep) = if body[head_start..].starts_with(b"\r\n") {
+        let (head_end, sep) = if rest(head_start).starts_with(b"\r\n") {
             (head_start, 2)
-        } else if body[head_start..].starts_with(b"\n") {
+        } else if rest(head_start).starts_with(b"\n") {
             (head_start, 1)
         } else {
             match find(body, b"\r\n\r\n", head_start) {
@@ -100,7 +108,7 @@ pub fn parse_multipart(boundary: &str, body: &[u8]) -> Result<Params, BodyError>
         };
         let headers = String::from_utf8_lossy(&body[head_start..head_end]).into_owned();
         let next = find(body, &delim, head_end).ok_or(BodyError::Malformed)?;
-        let mut content = &body[head_end + sep..next];
+        let mut content = body.get(head_end + sep..next).ok_or(BodyError::Malformed)?;
         content = content.strip_suffix(b"\r\n").or_else(|| content.strip_suffix(b"\n")).unwrap_or(content);
         let mut name = None;
         let mut base64_encoded = false;
@@ -271,6 +279,14 @@ eA==\r\n\r\n--{b}--"
         );
         let p = parse_multipart(b, two.as_bytes()).unwrap();
         assert_eq!((p.get("erase"), p.get("comment")), (Some("false"), Some("x")));
+    }
+
+    #[test]
+    fn multipart_ending_right_after_a_delimiter_is_malformed_not_a_panic() {
+        // Found by wire::proptests (and the fuzz target maas_sim_wire): these used to index past the end.
+        for (boundary, body) in [("", &b"--"[..]), ("b", b"--b"), ("b", b"--b\r\n"), ("b", b"--bx")] {
+            assert_eq!(parse_multipart(boundary, body).unwrap_err(), BodyError::Malformed, "{body:?}");
+        }
     }
 
     #[test]
