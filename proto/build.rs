@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/metalfleet/v1/agent.proto",
         "proto/metalfleet/v1/fleet.proto",
         "proto/metalfleet/v1/router.proto",
+        "proto/metalfleet/v1/security.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");

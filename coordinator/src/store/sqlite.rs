@@ -62,6 +62,41 @@ const MIGRATIONS: &[&str] = &[
         from_health TEXT,
         to_health TEXT
     );",
+    // 2: security (issue 5): enrollment tokens (hashes only), agent certificates, operators, the audit log.
+    "CREATE TABLE enroll_tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        machine TEXT,
+        uses_left INTEGER NOT NULL,
+        expires_at TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE agent_certs (
+        serial TEXT PRIMARY KEY,
+        machine_id TEXT NOT NULL,
+        issued_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE INDEX agent_certs_machine ON agent_certs(machine_id);
+    CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        cert_serial TEXT,
+        token_hash TEXT UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        args TEXT NOT NULL,
+        result TEXT NOT NULL
+    );",
 ];
 
 /// The file name of the store inside the state directory.
