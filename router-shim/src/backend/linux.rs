@@ -6,6 +6,9 @@
 //! same state twice yields the same table. Tables the shim does not own are only read: a foreign
 //! `forward` chain with policy drop is reported with the fix, never edited.
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

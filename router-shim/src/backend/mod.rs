@@ -16,6 +16,9 @@ pub mod manual;
 pub mod openwrt;
 pub mod routeros;
 
+#[cfg(test)]
+mod proptests;
+
 /// Why a backend could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

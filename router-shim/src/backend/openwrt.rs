@@ -7,6 +7,9 @@
 //! itself. Forwards are `redirect` sections named `mf_<name>`; remote management is one `rule`
 //! section `mf_mgmt`.
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;

@@ -5,6 +5,9 @@
 //! Everything the shim creates carries a comment `metalfleet:<name>`, so it is found by comment,
 //! never by position.
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{Value, json};
