@@ -3,6 +3,9 @@
 //! [`Config::from_sources`] is pure (the environment comes in as a [`metalfleet_common::config::Env`]),
 //! so tests never touch the process environment. Every error here means exit 64.
 
+#[cfg(test)]
+mod proptests;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
