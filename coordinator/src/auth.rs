@@ -1,0 +1,479 @@
+//! Who is calling: agent and operator identities from client certificates or bearer tokens, the
+//! per-RPC checks, revocation, the Enroll rate limit, and [`OperatorGate`], which guards a whole
+//! operator service and writes the audit log.
+//!
+//! The agent port serves everyone on one TLS listener with *optional* client authentication: rustls
+//! verifies any presented certificate against our CA during the handshake, and each RPC then decides
+//! what it needs (Enroll: a token or the agent's certificate; everything else: the certificate of
+//! the machine the request names, not revoked).
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::sync::broadcast;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::transport::CertificateDer;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::enroll::{self, EnrollConfig, MACHINE_URI, OPERATOR_URI};
+use crate::secret::Secret;
+use crate::security_store::{SecurityStore, TokenRefusal};
+use crate::store::StoreError;
+
+/// Operator roles.
+pub const ROLE_ADMIN: &str = "admin";
+pub const ROLE_READ_ONLY: &str = "read-only";
+
+/// FleetService methods that change state (read-only operators are refused them); the ones of later
+/// issues are listed ahead so they are guarded the day they appear.
+pub const FLEET_STATE_CHANGING: &[&str] =
+    &["Redeploy", "ApplyPlan", "Power", "CancelOperation", "SetPortForward", "SetDhcp", "Destroy"];
+
+/// What a client certificate says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// Lower-case hex.
+    pub serial: String,
+    /// The SAN URIs.
+    pub uris: Vec<String>,
+}
+
+impl PeerCert {
+    /// Parses a DER certificate (already verified against our CA by rustls).
+    pub fn parse(der: &[u8]) -> Option<PeerCert> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let serial = enroll::hex(cert.tbs_certificate.raw_serial());
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                    uris.push((*uri).to_string());
+                }
+            }
+        }
+        Some(PeerCert { serial: serial.trim_start_matches("00").to_string(), uris })
+    }
+
+    pub fn machine_id(&self) -> Option<&str> {
+        self.uris.iter().find_map(|u| u.strip_prefix(MACHINE_URI))
+    }
+
+    pub fn operator(&self) -> Option<&str> {
+        self.uris.iter().find_map(|u| u.strip_prefix(OPERATOR_URI))
+    }
+}
+
+/// An authenticated operator, put into the request's extensions by [`OperatorGate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    pub name: String,
+    pub role: String,
+}
+
+impl Operator {
+    pub fn is_admin(&self) -> bool {
+        self.role == ROLE_ADMIN
+    }
+}
+
+/// The arguments of a state-changing call, filled in by the handler (without secrets) for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditArgs(Arc<Mutex<Option<String>>>);
+
+impl AuditArgs {
+    pub fn set(&self, args: serde_json::Value) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(args.to_string());
+    }
+
+    fn take(&self) -> String {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| "{}".to_string())
+    }
+}
+
+/// How an Enroll call was allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollGrant {
+    /// With a token (its id).
+    Token(String),
+    /// With the agent's own certificate, for this machine.
+    Certificate(String),
+    /// No token needed (`require_token = false`, or `--insecure`).
+    Open,
+}
+
+/// The coordinator's security state, shared by the services.
+pub struct Security {
+    pub store: SecurityStore,
+    pub config: EnrollConfig,
+    /// Plaintext serving: there are no certificates, so nothing is checked (with a loud warning at start).
+    pub insecure: bool,
+    state_dir: std::path::PathBuf,
+    revoked: RwLock<HashSet<String>>,
+    revoked_machines: RwLock<HashSet<String>>,
+    revocations: broadcast::Sender<String>,
+    limiter: Mutex<RateLimiter>,
+}
+
+impl Security {
+    /// Loads the revocation list.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn load(
+        store: SecurityStore,
+        config: EnrollConfig,
+        insecure: bool,
+        state_dir: std::path::PathBuf,
+    ) -> Result<Arc<Self>, StoreError> {
+        let revoked = store.revoked_serials().await?.into_iter().collect();
+        let revoked_machines = store.revoked_machines().await?.into_iter().collect();
+        let (revocations, _) = broadcast::channel(64);
+        let limiter = RateLimiter::new(config.enroll_per_minute);
+        Ok(Arc::new(Security {
+            store,
+            config,
+            insecure,
+            state_dir,
+            revoked: RwLock::new(revoked),
+            revoked_machines: RwLock::new(revoked_machines),
+            revocations,
+            limiter: Mutex::new(limiter),
+        }))
+    }
+
+    /// The CA certificate(s) and key used to sign client certificates.
+    ///
+    /// # Errors
+    /// `INTERNAL` when the CA files cannot be read.
+    pub fn ca(&self) -> Result<(String, Secret), Status> {
+        enroll::load_ca(&self.state_dir).map_err(|error| {
+            tracing::error!(%error, "cannot read the CA");
+            Status::internal("the coordinator cannot read its CA; see its log")
+        })
+    }
+
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.read().unwrap_or_else(PoisonError::into_inner).contains(serial)
+    }
+
+    pub fn is_machine_revoked(&self, machine_id: &str) -> bool {
+        self.revoked_machines.read().unwrap_or_else(PoisonError::into_inner).contains(machine_id)
+    }
+
+    /// Machine ids whose certificates were revoked, for open streams to end themselves.
+    pub fn revocations(&self) -> broadcast::Receiver<String> {
+        self.revocations.subscribe()
+    }
+
+    /// Revokes every certificate of `machine_id`, at once for open connections too.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn revoke_machine(&self, machine_id: &str) -> Result<u32, StoreError> {
+        let count = self.store.revoke_agent(machine_id.to_string(), Utc::now()).await?;
+        let serials = self.store.revoked_serials().await?;
+        self.revoked.write().unwrap_or_else(PoisonError::into_inner).extend(serials);
+        self.revoked_machines.write().unwrap_or_else(PoisonError::into_inner).insert(machine_id.to_string());
+        let _ = self.revocations.send(machine_id.to_string());
+        Ok(count)
+    }
+
+    /// A fresh certificate was issued: the machine is no longer revoked.
+    pub fn unrevoke_machine(&self, machine_id: &str) {
+        self.revoked_machines.write().unwrap_or_else(PoisonError::into_inner).remove(machine_id);
+    }
+
+    /// The verified client certificate of a call, when one was presented.
+    pub fn peer(certs: Option<Arc<Vec<CertificateDer<'static>>>>) -> Option<PeerCert> {
+        certs.and_then(|certs| certs.first().and_then(|der| PeerCert::parse(der)))
+    }
+
+    /// Checks that the caller may act for `machine_id` (every AgentService call but Enroll).
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` without a certificate (when tokens are required) or with a revoked one;
+    /// `PERMISSION_DENIED` when the certificate names another machine or is not an agent's.
+    pub fn check_agent(&self, peer: Option<&PeerCert>, machine_id: &str) -> Result<(), Status> {
+        if self.insecure {
+            return Ok(());
+        }
+        let Some(peer) = peer else {
+            if self.config.require_token {
+                return Err(Status::unauthenticated(
+                    "a client certificate is required; enroll with a token first (agent --token-file)",
+                ));
+            }
+            return Ok(());
+        };
+        if self.is_revoked(&peer.serial) {
+            return Err(Status::unauthenticated("certificate revoked; enroll again with a new token"));
+        }
+        match peer.machine_id() {
+            Some(id) if id == machine_id => Ok(()),
+            Some(id) => Err(Status::permission_denied(format!(
+                "this certificate belongs to machine {id}, not {machine_id}; an agent may only report for itself"
+            ))),
+            None => Err(Status::permission_denied("this certificate is not an agent certificate")),
+        }
+    }
+
+    /// Decides whether an Enroll may go on; takes one use of the token when it is the reason.
+    /// `names` are the hostname and system_id the agent goes by (for tokens bound to a machine).
+    ///
+    /// # Errors
+    /// `RESOURCE_EXHAUSTED` past the rate limit; `UNAUTHENTICATED` for a missing, unknown, expired,
+    /// used or revoked token, or a revoked certificate; `PERMISSION_DENIED` for a token of another machine.
+    pub async fn admit_enroll(
+        &self,
+        remote: Option<SocketAddr>,
+        peer: Option<&PeerCert>,
+        token: &str,
+        names: Vec<String>,
+    ) -> Result<EnrollGrant, Status> {
+        if let Some(ip) = remote.map(|a| a.ip())
+            && !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(ip, Instant::now())
+        {
+            return Err(Status::resource_exhausted(format!(
+                "too many Enroll calls from {ip} (limit {} a minute); wait and retry",
+                self.config.enroll_per_minute
+            )));
+        }
+        if self.insecure {
+            return Ok(EnrollGrant::Open);
+        }
+        if let Some(peer) = peer
+            && let Some(machine_id) = peer.machine_id()
+        {
+            if self.is_revoked(&peer.serial) {
+                return Err(Status::unauthenticated("certificate revoked; enroll again with a new token"));
+            }
+            return Ok(EnrollGrant::Certificate(machine_id.to_string()));
+        }
+        if token.is_empty() {
+            if self.config.require_token {
+                return Err(Status::unauthenticated(
+                    "an enrollment token is required; create one with `fleetctl tokens create` and pass it with --token-file",
+                ));
+            }
+            return Ok(EnrollGrant::Open);
+        }
+        let hash = enroll::hash_secret(token);
+        match self.store.redeem_token(hash, names, Utc::now()).await {
+            Ok(Ok(record)) => Ok(EnrollGrant::Token(record.id)),
+            Ok(Err(refusal)) => Err(match refusal {
+                TokenRefusal::Unknown => Status::unauthenticated("unknown enrollment token; create a new one"),
+                TokenRefusal::Expired => Status::unauthenticated("enrollment token expired; create a new one"),
+                TokenRefusal::UsedUp => {
+                    Status::unauthenticated("enrollment token already used; create a new one (or use --uses)")
+                }
+                TokenRefusal::Revoked => Status::unauthenticated("enrollment token revoked; create a new one"),
+                TokenRefusal::OtherMachine => {
+                    Status::permission_denied("this enrollment token is for another machine; create one for this one")
+                }
+            }),
+            Err(error) => {
+                tracing::error!(%error, "token store failure");
+                Err(Status::internal("the coordinator cannot check tokens; see its log"))
+            }
+        }
+    }
+
+    /// Authenticates an operator call from its certificate or `authorization: Bearer` header.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` without a valid credential.
+    pub async fn operator(
+        &self,
+        peer: Option<&PeerCert>,
+        headers: &http::HeaderMap,
+    ) -> Result<Operator, Status> {
+        let store_error = |error: StoreError| {
+            tracing::error!(%error, "operator store failure");
+            Status::internal("the coordinator cannot check operators; see its log")
+        };
+        if let Some(value) = headers.get("authorization") {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer TOKEN`"))?;
+            let found = self.store.operator_by_token(enroll::hash_secret(token.trim())).await.map_err(store_error)?;
+            return match found {
+                Some(record) => Ok(Operator { name: record.name, role: record.role }),
+                None => Err(Status::unauthenticated("unknown bearer token; ask an admin for `coordinator operators add`")),
+            };
+        }
+        if let Some(peer) = peer
+            && let Some(name) = peer.operator()
+        {
+            let found = self.store.operator(name.to_string()).await.map_err(store_error)?;
+            return match found {
+                Some(record) if record.cert_serial.as_deref() == Some(peer.serial.as_str()) => {
+                    Ok(Operator { name: record.name, role: record.role })
+                }
+                _ => Err(Status::unauthenticated(format!(
+                    "the certificate of operator {name} is no longer valid; ask an admin for a new one"
+                ))),
+            };
+        }
+        if self.insecure {
+            return Ok(Operator { name: "anonymous (insecure)".into(), role: ROLE_ADMIN.into() });
+        }
+        Err(Status::unauthenticated(
+            "an operator credential is required: a certificate from `coordinator operators add` (client.toml \
+             cert_file/key_file) or a bearer token (token_file)",
+        ))
+    }
+
+    async fn audit(&self, operator: &Operator, action: &str, args: String, result: String) {
+        if let Err(error) = self
+            .store
+            .append_audit(operator.name.clone(), operator.role.clone(), action.to_string(), args, result, Utc::now())
+            .await
+        {
+            tracing::error!(%error, action, "cannot write the audit log");
+        }
+    }
+}
+
+/// A token bucket per source address: `per_minute` calls at once, refilled evenly over a minute.
+#[derive(Debug)]
+struct RateLimiter {
+    per_minute: u32,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn new(per_minute: u32) -> Self {
+        RateLimiter { per_minute: per_minute.max(1), buckets: HashMap::new() }
+    }
+
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let capacity = f64::from(self.per_minute);
+        let rate = capacity / 60.0;
+        // Bound the table: forget full buckets when it grows (a full bucket equals a fresh one).
+        if self.buckets.len() > 10_000 {
+            self.buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < capacity);
+        }
+        let (tokens, at) = self.buckets.entry(ip).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(capacity);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Wraps an operator service: every call needs an operator credential, read-only operators are
+/// refused the `state_changing` methods, and each state-changing call is written to the audit log.
+#[derive(Clone)]
+pub struct OperatorGate<S> {
+    inner: S,
+    security: Arc<Security>,
+    state_changing: &'static [&'static str],
+}
+
+impl<S> OperatorGate<S> {
+    pub fn new(inner: S, security: Arc<Security>, state_changing: &'static [&'static str]) -> Self {
+        OperatorGate { inner, security, state_changing }
+    }
+}
+
+impl<S: NamedService> NamedService for OperatorGate<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The client certificate of a call, from the connection info tonic puts into the extensions.
+pub fn peer_from_extensions(extensions: &http::Extensions) -> Option<PeerCert> {
+    Security::peer(extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(TlsConnectInfo::peer_certs))
+}
+
+impl<S> Service<http::Request<Body>> for OperatorGate<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The clone is not necessarily ready; the one poll_ready was called on is, so keep that one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let security = self.security.clone();
+        let state_changing = self.state_changing;
+        Box::pin(async move {
+            let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+            let peer = peer_from_extensions(request.extensions());
+            let operator = match security.operator(peer.as_ref(), request.headers()).await {
+                Ok(operator) => operator,
+                Err(status) => {
+                    tracing::info!(method, code = ?status.code(), "operator call refused");
+                    return Ok(status.into_http());
+                }
+            };
+            let changes_state = state_changing.contains(&method.as_str());
+            if !changes_state {
+                request.extensions_mut().insert(operator);
+                return inner.call(request).await;
+            }
+            if !operator.is_admin() {
+                let status = Status::permission_denied(format!(
+                    "operator {} has role {}; {method} needs role admin",
+                    operator.name, operator.role
+                ));
+                security.audit(&operator, &method, "{}".into(), "permission_denied".into()).await;
+                return Ok(status.into_http());
+            }
+            let args = AuditArgs::default();
+            request.extensions_mut().insert(operator.clone());
+            request.extensions_mut().insert(args.clone());
+            let response = inner.call(request).await?;
+            let result = match Status::from_header_map(response.headers()) {
+                Some(status) if status.code() != tonic::Code::Ok => {
+                    format!("{:?}: {}", status.code(), status.message())
+                }
+                _ => "ok".to_string(),
+            };
+            security.audit(&operator, &method, args.take(), result).await;
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_rate_limit_is_a_token_bucket_per_address() {
+        let mut limiter = RateLimiter::new(10);
+        let start = Instant::now();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..10 {
+            assert!(limiter.allow(a, start));
+        }
+        assert!(!limiter.allow(a, start));
+        assert!(limiter.allow(b, start), "another address has its own bucket");
+        assert!(limiter.allow(a, start + Duration::from_secs(6)), "one call back every six seconds");
+        assert!(!limiter.allow(a, start + Duration::from_secs(6)));
+    }
+}
