@@ -99,6 +99,13 @@ pub struct Overrides {
     pub insecure: bool,
 }
 
+/// MAAS values given on the command line (`--maas-url`, `--maas-api-key-file`); `None` means "not given".
+#[derive(Debug, Clone, Default)]
+pub struct MaasOverrides {
+    pub url: Option<url::Url>,
+    pub api_key_file: Option<PathBuf>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         // Every field has a serde default, so an empty document is the default config.
@@ -113,6 +120,20 @@ impl Config {
     /// A file that cannot be read or parsed (naming file, line and key), a bad environment
     /// value (naming the variable), or values that do not fit together.
     pub fn from_sources(file: Option<&Path>, env: &dyn Env, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_sources_with_maas(file, env, overrides, &MaasOverrides::default())
+    }
+
+    /// [`Config::from_sources`] plus the MAAS flags. `METALFLEET_MAAS_URL` and `METALFLEET_MAAS_API_KEY_FILE`
+    /// (then the flags) set or override `[maas] url` and `api_key_file`; MAAS needs both.
+    ///
+    /// # Errors
+    /// As [`Config::from_sources`], and a MAAS URL without a key file (or the reverse).
+    pub fn from_sources_with_maas(
+        file: Option<&Path>,
+        env: &dyn Env,
+        overrides: &Overrides,
+        maas: &MaasOverrides,
+    ) -> Result<Self, ConfigError> {
         let mut config = match file {
             Some(path) => common_config::load::<Config>(path)?,
             None => Config::default(),
@@ -135,6 +156,27 @@ impl Config {
         if overrides.insecure {
             config.insecure = true;
         }
+        let url = match &maas.url {
+            Some(url) => Some(url.clone()),
+            None => env_parse::<url::Url>(env, "METALFLEET_MAAS_URL")?,
+        };
+        let key_file = maas.api_key_file.clone().or_else(|| env.var("METALFLEET_MAAS_API_KEY_FILE").map(PathBuf::from));
+        config.maas = match (config.maas.take(), url, key_file) {
+            (Some(mut table), url, key_file) => {
+                table.url = url.unwrap_or(table.url);
+                table.api_key_file = key_file.unwrap_or(table.api_key_file);
+                Some(table)
+            }
+            (None, Some(url), Some(key_file)) => Some(crate::maas::Config::new(url, key_file)),
+            (None, None, None) => None,
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "MAAS needs both a URL and an API key file: give --maas-url and --maas-api-key-file \
+                     (or METALFLEET_MAAS_URL and METALFLEET_MAAS_API_KEY_FILE, or [maas] url and api_key_file)"
+                        .to_string(),
+                ));
+            }
+        };
         config.validate()?;
         Ok(config)
     }
@@ -175,6 +217,14 @@ impl Config {
         }
         if h.missed_heartbeats == 0 {
             problems.push("health.missed_heartbeats must be at least 1".to_string());
+        }
+        if let Some(maas) = &self.maas {
+            if maas.poll_interval < Duration::from_millis(100) {
+                problems.push("maas.poll_interval must be at least 100ms".to_string());
+            }
+            if maas.request_timeout.is_zero() || maas.connect_timeout.is_zero() {
+                problems.push("maas.request_timeout and maas.connect_timeout must be above zero".to_string());
+            }
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
     }
@@ -309,6 +359,35 @@ mod tests {
         let bad = write("[maas]\nurl = \"http://main:5240/MAAS/\"\napi_key_file = \"/k\"\napikey = \"x\"\n");
         let error = Config::from_sources(Some(bad.path()), &env(&[]), &Overrides::default()).unwrap_err();
         assert!(error.to_string().contains(":4:1: key `maas.apikey`"), "{error}");
+    }
+
+    #[test]
+    fn maas_from_env_and_flags() {
+        let none = Config::from_sources(None, &env(&[]), &Overrides::default()).unwrap();
+        assert!(none.maas.is_none());
+
+        let vars =
+            env(&[("METALFLEET_MAAS_URL", "http://127.0.0.1:5240/MAAS"), ("METALFLEET_MAAS_API_KEY_FILE", "/e.key")]);
+        let from_env = Config::from_sources(None, &vars, &Overrides::default()).unwrap().maas.unwrap();
+        assert_eq!(from_env.url.as_str(), "http://127.0.0.1:5240/MAAS");
+        assert_eq!(from_env.api_key_file, PathBuf::from("/e.key"));
+        assert_eq!(from_env.poll_interval, Duration::from_secs(30));
+
+        let file =
+            write("[maas]\nurl = \"http://main:5240/MAAS/\"\napi_key_file = \"/f.key\"\npoll_interval = \"5s\"\n");
+        let flags = MaasOverrides { url: Some("http://127.0.0.1:1/MAAS".parse().unwrap()), api_key_file: None };
+        let config = Config::from_sources_with_maas(Some(file.path()), &vars, &Overrides::default(), &flags).unwrap();
+        let maas = config.maas.unwrap();
+        assert_eq!(maas.url.as_str(), "http://127.0.0.1:1/MAAS");
+        assert_eq!(maas.api_key_file, PathBuf::from("/e.key"));
+        assert_eq!(maas.poll_interval, Duration::from_secs(5));
+
+        let half = env(&[("METALFLEET_MAAS_URL", "http://127.0.0.1:5240/MAAS")]);
+        let error = Config::from_sources(None, &half, &Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("--maas-api-key-file"), "{error}");
+        let fast = write("[maas]\nurl = \"http://h/MAAS\"\napi_key_file = \"/k\"\npoll_interval = \"1ms\"\n");
+        let error = Config::from_sources(Some(fast.path()), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("maas.poll_interval"), "{error}");
     }
 
     #[test]

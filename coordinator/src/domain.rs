@@ -4,6 +4,8 @@
 //! else. Samples and inventories derive serde because the store keeps them as JSON; that JSON
 //! is the store's format, not an API.
 
+pub mod maas;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -239,6 +241,14 @@ pub mod kinds {
     pub const ENROLLED: &str = "enrolled";
     pub const HEALTH_CHANGED: &str = "health_changed";
     pub const INVENTORY_CHANGED: &str = "inventory_changed";
+    /// A MAAS machine changed status, e.g. "server2: Ready -> Deployed".
+    pub const MAAS_STATUS_CHANGED: &str = "maas_status_changed";
+    pub const MAAS_MACHINE_ADDED: &str = "maas_machine_added";
+    pub const MAAS_MACHINE_REMOVED: &str = "maas_machine_removed";
+    /// Polls started failing (once per outage), with the error.
+    pub const MAAS_UNREACHABLE: &str = "maas_unreachable";
+    /// A poll succeeded after failures.
+    pub const MAAS_REACHABLE: &str = "maas_reachable";
 }
 
 #[cfg(test)]

@@ -341,6 +341,12 @@ impl Fleet {
         Ok(MachineView { machine, latest_sample: latest, inventory, history })
     }
 
+    /// Queues an event decided outside the fleet (the MAAS poller's): it is stored and broadcast in
+    /// order with the fleet's own events.
+    pub fn publish(&self, event: NewEvent) {
+        self.queue(Pending { event, health: None });
+    }
+
     /// Live events from now on. Subscribe before reading stored events so none fall in between.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()

@@ -10,6 +10,7 @@
 //!   only place that maps wire types to domain types.
 //! - [`maas`]: the MAAS 3.5 REST client, the only code that talks to MAAS.
 //! - [`pki`]: the private CA and the server certificate.
+//! - [`poller`]: keeps the store's view of every MAAS machine current and turns MAAS changes into events.
 //! - [`client_config`]: `client.toml`, written by the server and read by fleetctl.
 //! - [`server`]: `coordinator serve` wired together, with graceful shutdown.
 //! - [`cli`]: fleetctl's logic (settings resolution, tables, JSON), kept out of the binary for tests.
@@ -24,6 +25,7 @@ pub mod grpc;
 pub mod health;
 pub mod maas;
 pub mod pki;
+pub mod poller;
 pub mod server;
 pub mod store;
 

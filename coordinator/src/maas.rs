@@ -52,6 +52,9 @@ pub struct Config {
     /// The cap on one backoff delay, also applied to a `Retry-After` that MAAS sends with a 503.
     #[serde(with = "humantime_serde", default = "default_max_backoff")]
     pub max_backoff: Duration,
+    /// How often the coordinator's poller lists every machine (one `GET machines/` per poll).
+    #[serde(with = "humantime_serde", default = "default_poll_interval")]
+    pub poll_interval: Duration,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -74,6 +77,10 @@ fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
 impl Config {
     /// A config with every default, for the given MAAS URL and key file.
     pub fn new(url: Url, api_key_file: PathBuf) -> Self {
@@ -85,6 +92,7 @@ impl Config {
             retries: default_retries(),
             retry_backoff: default_retry_backoff(),
             max_backoff: default_max_backoff(),
+            poll_interval: default_poll_interval(),
         }
     }
 
@@ -249,6 +257,7 @@ mod tests {
         assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
         assert_eq!(cfg.request_timeout, Duration::from_secs(30));
         assert_eq!(cfg.retries, 3);
+        assert_eq!(cfg.poll_interval, Duration::from_secs(30));
         let cfg: Config =
             toml::from_str("url = \"http://h/MAAS\"\napi_key_file = \"/k\"\nrequest_timeout = \"2s\"\nretries = 0\n")
                 .unwrap();

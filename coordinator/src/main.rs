@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use coordinator::config::{Config, Overrides};
+use coordinator::config::{Config, MaasOverrides, Overrides};
 use metalfleet_common::config::ProcessEnv;
 use metalfleet_common::exit;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,12 @@ struct ServeArgs {
     /// Serve plaintext gRPC (tests and demos only).
     #[arg(long)]
     insecure: bool,
+    /// MAAS URL, e.g. http://172.16.0.3:5240/MAAS [env: METALFLEET_MAAS_URL]; starts the MAAS poller.
+    #[arg(long, value_name = "URL")]
+    maas_url: Option<url::Url>,
+    /// File (mode 0600) holding the MAAS API key [env: METALFLEET_MAAS_API_KEY_FILE].
+    #[arg(long, value_name = "PATH")]
+    maas_api_key_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -50,7 +56,8 @@ fn main() {
     let Command::Serve(args) = cli.command;
     let overrides = Overrides { listen: args.listen, state_dir: args.state_dir, insecure: args.insecure };
     // Config errors are usage errors, reported before any port is bound.
-    let config = match Config::from_sources(args.config.as_deref(), &ProcessEnv, &overrides) {
+    let maas = MaasOverrides { url: args.maas_url, api_key_file: args.maas_api_key_file };
+    let config = match Config::from_sources_with_maas(args.config.as_deref(), &ProcessEnv, &overrides, &maas) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
@@ -76,6 +83,8 @@ async fn run(config: Config) -> i32 {
         insecure = config.insecure,
         heartbeat_interval = ?config.heartbeat_interval,
         history_samples = config.history_samples,
+        maas_url = config.maas.as_ref().map(|m| m.url.to_string()),
+        maas_poll_interval = ?config.maas.as_ref().map(|m| m.poll_interval),
         "config loaded"
     );
     let listener = match tokio::net::TcpListener::bind(config.listen).await {

@@ -16,7 +16,8 @@ use crate::fleet::{Fleet, FleetError, FleetSettings};
 use crate::grpc::agent_service::AgentApi;
 use crate::grpc::fleet_service::FleetApi;
 use crate::pki::{self, PkiError};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::poller::{self, EventSink};
+use crate::store::{MaasStore, SqliteStore, Store, StoreError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
+    #[error(transparent)]
+    Poller(#[from] crate::poller::StartError),
 }
 
 /// Serves on `listener` (already bound) until `stop` is cancelled, then drains for
@@ -64,6 +67,8 @@ pub struct Prepared {
     fleet_stop: CancellationToken,
     tasks: crate::fleet::FleetTasks,
     health: tonic_health::server::HealthReporter,
+    /// The MAAS poller's own stop token and task, when `[maas]` is configured.
+    poller: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 /// Opens the store, starts the fleet's tasks, creates the certificates and writes `client.toml`.
@@ -73,8 +78,8 @@ pub struct Prepared {
 pub async fn prepare(listener: TcpListener, config: Config, stop: CancellationToken) -> Result<Prepared, ServeError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state_dir, config.history_samples)?);
-    prepare_with_store(listener, config, store, stop).await
+    let store = Arc::new(SqliteStore::open(&config.state_dir, config.history_samples)?);
+    prepare_with_stores(listener, config, store.clone(), Some(store), stop).await
 }
 
 /// Like [`prepare`], with a store chosen by the caller (another backend, or a test double).
@@ -85,6 +90,20 @@ pub async fn prepare_with_store(
     listener: TcpListener,
     config: Config,
     store: Arc<dyn Store>,
+    stop: CancellationToken,
+) -> Result<Prepared, ServeError> {
+    prepare_with_stores(listener, config, store, None, stop).await
+}
+
+/// Like [`prepare_with_store`], with the store the MAAS poller keeps its view in (needed when `[maas]` is set).
+///
+/// # Errors
+/// The state directory or certificates cannot be set up, or the MAAS poller cannot start (key file, store).
+pub async fn prepare_with_stores(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    maas_store: Option<Arc<dyn MaasStore>>,
     stop: CancellationToken,
 ) -> Result<Prepared, ServeError> {
     let bound = listener.local_addr().map_err(ServeError::Listener)?;
@@ -100,6 +119,19 @@ pub async fn prepare_with_store(
     // The fleet's tasks outlive the server by a little: they flush what the last calls queued.
     let fleet_stop = CancellationToken::new();
     let (fleet, tasks) = Fleet::start(store, settings, fleet_stop.clone()).await?;
+    let (maas_view, poller) = match (&config.maas, maas_store) {
+        (Some(maas), Some(maas_store)) => {
+            let poller_stop = stop.child_token();
+            let events: Arc<dyn EventSink> = fleet.clone();
+            let (view, handle) = poller::start(maas, maas_store, events, poller_stop.clone()).await?;
+            (Some(view), Some((poller_stop, handle)))
+        }
+        (Some(_), None) => {
+            tracing::warn!("[maas] is set but this store keeps no MAAS view; the MAAS poller is not started");
+            (None, None)
+        }
+        (None, _) => (None, None),
+    };
 
     let mut builder = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
@@ -132,13 +164,17 @@ pub async fn prepare_with_store(
     let agents = AgentServiceServer::new(AgentApi::new(fleet.clone(), stop.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let operators = FleetServiceServer::new(FleetApi::new(fleet.clone(), stop.clone()))
+    let mut fleet_api = FleetApi::new(fleet.clone(), stop.clone());
+    if let Some(view) = maas_view {
+        fleet_api = fleet_api.with_maas(view);
+    }
+    let operators = FleetServiceServer::new(fleet_api)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let router = builder.add_service(health_service).add_service(reflection).add_service(agents).add_service(operators);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health })
+    Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller })
 }
 
 impl Prepared {
@@ -152,7 +188,7 @@ impl Prepared {
     /// # Errors
     /// The transport failed.
     pub async fn run(self) -> Result<(), ServeError> {
-        let Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health } = self;
+        let Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller } = self;
         let client_path = config.state_dir.join(client_config::FILE_NAME);
         tracing::info!(addr = %bound, tls = !config.insecure, state_dir = %config.state_dir.display(), client_config = %client_path.display(), "coordinator listening");
         metalfleet_common::readiness::announce(bound);
@@ -173,6 +209,12 @@ impl Prepared {
             }
         };
         health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+        if let Some((poller_stop, handle)) = poller {
+            poller_stop.cancel();
+            if let Err(error) = handle.await {
+                tracing::error!(%error, "the MAAS poller failed");
+            }
+        }
         fleet_stop.cancel();
         tasks.join().await;
         tracing::info!("stopped");

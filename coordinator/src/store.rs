@@ -2,6 +2,7 @@
 //!
 //! Callers hold an `Arc<dyn Store>`. The SQLite implementation lives in [`sqlite`].
 
+pub mod maas;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -9,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Enrollment, Event, Health, Inventory, Machine, NewEvent, Sample};
 
+pub use maas::MaasStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed.

@@ -2,6 +2,7 @@
 //!
 //! - `fixtures`: every MAAS response document we model parses (ours always, ../shared's when present).
 //! - `lab`: the reference lab's MAAS steps from zero, against maas-sim.
+//! - `poller`: the coordinator's MAAS poller against maas-sim (one list per poll, events, stale, recovery).
 //! - `sim`: every client call against maas-sim, success and each error class.
 //! - `stub`: the exact OAuth header, form encoding and each error class against a tiny loopback HTTP stub.
 #![forbid(unsafe_code)]
@@ -10,6 +11,8 @@
 mod fixtures;
 #[path = "maas_client/lab.rs"]
 mod lab;
+#[path = "maas_client/poller.rs"]
+mod poller;
 #[path = "maas_client/sim.rs"]
 mod sim;
 #[path = "maas_client/stub.rs"]

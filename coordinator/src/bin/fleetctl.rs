@@ -118,13 +118,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status { check } => status(&client, json, check).await,
         Command::Machines { command: MachinesCommand::List } => machines_list(&client, json).await,
         Command::Machines { command: MachinesCommand::Show { name, history } } => {
-            let view = client.machine(&name, history).await?;
-            if json {
-                print_json(&cli::machine_detail_json(&view))?;
-            } else {
-                print(&cli::machine_detail_text(&view, chrono::Utc::now()))?;
-            }
-            Ok(exit::OK)
+            machines_show(&client, json, &name, history).await
         }
         Command::Events { follow, limit } => events(&client, json, follow, limit.unwrap_or(0)).await,
     }
@@ -142,6 +136,14 @@ async fn status(client: &FleetClient, json: bool, check: bool) -> Result<i32, Cl
 
 async fn machines_list(client: &FleetClient, json: bool) -> Result<i32, CliError> {
     let machines = client.list_machines().await?;
+    if let Some((maas, sync)) = client.list_maas_machines().await? {
+        if json {
+            print_json(&cli::maas::list_document(&maas, &sync, &machines))?;
+        } else {
+            print(&cli::maas::list_table(&maas, &sync, &machines))?;
+        }
+        return Ok(exit::OK);
+    }
     if json {
         let list: Vec<_> = machines.iter().map(cli::machine_json).collect();
         print_json(&serde_json::json!({ "machines": list }))?;
@@ -149,6 +151,56 @@ async fn machines_list(client: &FleetClient, json: bool) -> Result<i32, CliError
         print(&cli::machines_table(&machines, chrono::Utc::now()))?;
     }
     Ok(exit::OK)
+}
+
+/// The agent's view, plus the MAAS part when the coordinator polls MAAS; a machine only MAAS knows shows
+/// its MAAS part alone.
+async fn machines_show(client: &FleetClient, json: bool, name: &str, history: u32) -> Result<i32, CliError> {
+    let (view, not_found) = match client.machine(name, history).await {
+        Ok(view) => (Some(view), None),
+        Err(client::ClientError::Status(status)) if status.code() == tonic::Code::NotFound => {
+            (None, Some(client::ClientError::Status(status)))
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let maas = client.list_maas_machines().await?;
+    let found = maas.as_ref().and_then(|(machines, sync)| {
+        cli::maas::find(machines, name, view.as_ref()).map(|machine| (machine.clone(), sync.clone()))
+    });
+    let now = chrono::Utc::now();
+    match (view, found) {
+        (None, None) => Err(not_found.map(CliError::from).unwrap_or_else(|| CliError::Usage(format!("no machine {name}")))),
+        (Some(view), found) if json => {
+            let mut value = cli::machine_detail_json(&view);
+            if let Some((machine, sync)) = found {
+                value["maas"] = cli::maas::machine_json(&machine);
+                value["maas_sync"] = cli::maas::sync_json(&sync);
+            }
+            print_json(&value).map(|()| exit::OK)
+        }
+        (Some(view), found) => {
+            let mut text = cli::machine_detail_text(&view, now);
+            if let Some((machine, sync)) = found {
+                text.push('\n');
+                text.push_str(&cli::maas::detail_text(&machine, &sync, now));
+            }
+            print(&text).map(|()| exit::OK)
+        }
+        (None, Some((machine, sync))) if json => {
+            let value = serde_json::json!({
+                "hostname": machine.hostname,
+                "system_id": machine.system_id,
+                "agent": null,
+                "maas": cli::maas::machine_json(&machine),
+                "maas_sync": cli::maas::sync_json(&sync),
+            });
+            print_json(&value).map(|()| exit::OK)
+        }
+        (None, Some((machine, sync))) => {
+            let text = format!("agent:         not enrolled\n\n{}", cli::maas::detail_text(&machine, &sync, now));
+            print(&text).map(|()| exit::OK)
+        }
+    }
 }
 
 async fn events(client: &FleetClient, json: bool, follow: bool, limit: u32) -> Result<i32, CliError> {

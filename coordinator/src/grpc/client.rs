@@ -8,6 +8,7 @@ use proto::v1::fleet_service_client::FleetServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::convert;
+use crate::domain::maas::{MaasMachine, MaasSyncStatus};
 use crate::domain::{Event, MachineView};
 
 /// How to reach a coordinator.
@@ -120,6 +121,25 @@ impl FleetClient {
         let mut client = self.inner.clone();
         let request = pb::GetMachineRequest { name: name.to_string(), history };
         Ok(convert::machine(self.unary(client.get_machine(request)).await?))
+    }
+
+    /// The coordinator's MAAS view; `None` when it runs without MAAS (or predates ListMaasMachines).
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn list_maas_machines(&self) -> Result<Option<(Vec<MaasMachine>, MaasSyncStatus)>, ClientError> {
+        let mut client = self.inner.clone();
+        let response = match self.unary(client.list_maas_machines(pb::ListMaasMachinesRequest {})).await {
+            Ok(response) => response,
+            Err(ClientError::Status(status)) if status.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let pb::ListMaasMachinesResponse { configured, sync, machines } = response;
+        if !configured {
+            return Ok(None);
+        }
+        let machines = machines.into_iter().map(convert::maas::machine).collect();
+        Ok(Some((machines, sync.map(convert::maas::sync).unwrap_or_else(|| convert::maas::sync(Default::default())))))
     }
 
     /// Stored events after `after_id` (the newest `limit` when non-zero), then live ones with `follow`.

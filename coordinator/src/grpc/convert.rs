@@ -3,6 +3,8 @@
 //! Messages are destructured field by field, so a new proto field breaks the build here until
 //! someone decides what it means.
 
+pub mod maas;
+
 use chrono::{DateTime, Utc};
 use proto::v1 as pb;
 use tonic::Status;

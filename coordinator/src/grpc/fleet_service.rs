@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::{convert, status};
 use crate::domain::Event;
 use crate::fleet::Fleet;
+use crate::poller::MaasView;
 
 /// Events buffered per WatchEvents caller; a slow reader holds its own task back, nobody else.
 const WATCH_BUFFER: usize = 256;
@@ -23,11 +24,19 @@ const MAX_HISTORY: u32 = 10_000;
 pub struct FleetApi {
     fleet: Arc<Fleet>,
     stop: CancellationToken,
+    /// The poller's view of MAAS; `None` when the coordinator runs without `[maas]`.
+    maas: Option<MaasView>,
 }
 
 impl FleetApi {
     pub fn new(fleet: Arc<Fleet>, stop: CancellationToken) -> Self {
-        FleetApi { fleet, stop }
+        FleetApi { fleet, stop, maas: None }
+    }
+
+    /// Serves ListMaasMachines from `maas`.
+    pub fn with_maas(mut self, maas: MaasView) -> Self {
+        self.maas = Some(maas);
+        self
     }
 }
 
@@ -50,6 +59,21 @@ impl FleetService for FleetApi {
         }
         let view = self.fleet.machine(&name, history.min(MAX_HISTORY)).await.map_err(status)?;
         Ok(Response::new(convert::machine_to_wire(&view)))
+    }
+
+    async fn list_maas_machines(
+        &self,
+        _request: Request<pb::ListMaasMachinesRequest>,
+    ) -> Result<Response<pb::ListMaasMachinesResponse>, Status> {
+        let Some(maas) = &self.maas else {
+            return Ok(Response::new(pb::ListMaasMachinesResponse::default()));
+        };
+        let (machines, sync) = maas.snapshot(chrono::Utc::now()).await.map_err(|error| status(error.into()))?;
+        Ok(Response::new(pb::ListMaasMachinesResponse {
+            configured: true,
+            sync: Some(convert::maas::sync_to_wire(&sync)),
+            machines: machines.iter().map(convert::maas::machine_to_wire).collect(),
+        }))
     }
 
     type WatchEventsStream = EventStream;

@@ -5,6 +5,8 @@
 //! block on SQLite. Heartbeats arrive in batches ([`Store::record_samples`]) and are committed in
 //! one transaction each.
 
+mod maas;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -97,6 +99,8 @@ const MIGRATIONS: &[&str] = &[
         args TEXT NOT NULL,
         result TEXT NOT NULL
     );",
+    // 3: the MAAS poller's view of every MAAS machine and the sync record (issue 3).
+    maas::MIGRATION,
 ];
 
 /// The file name of the store inside the state directory.
