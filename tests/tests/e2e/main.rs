@@ -4,3 +4,4 @@
 //! the system has its own module.
 
 mod foundation;
+mod maas;
