@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Talk plaintext HTTP/2 to the coordinator (tests and demos only).
     #[arg(long)]
     pub insecure: bool,
+    /// File (mode 0600) holding a one-time enrollment token, used until the agent has its certificate
+    /// [env: METALFLEET_TOKEN_FILE].
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// Where the agent keeps its id and its sample buffer [default: /var/lib/metalfleet-agent].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,

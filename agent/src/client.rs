@@ -20,13 +20,14 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::buffer::SampleBuffer;
 use crate::config::Config;
 use crate::health::{SampleError, Sampler};
+use crate::identity::{Identity, IdentityError, StoredCert};
 use crate::inventory::{self, Inventory, Root};
 
 /// Samples per HeartbeatRequest when flushing a backlog, so one message stays far below gRPC's 4 MiB limit.
@@ -63,6 +64,8 @@ pub enum RunError {
     BadAgentId { path: String, content: String },
     #[error(transparent)]
     Sampler(#[from] SampleError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 fn lock(buffer: &SharedBuffer) -> std::sync::MutexGuard<'_, SampleBuffer> {
@@ -100,6 +103,8 @@ pub async fn run_with_buffer(config: Config, stop: CancellationToken, buffer: Sh
     let (interval_tx, interval_rx) = watch::channel(config.interval);
     let sampled = Arc::new(Notify::new());
     let sampler = Sampler::new()?;
+    // With TLS the agent has a key of its own from the first start on; plaintext has no use for one.
+    let identity = if config.insecure || config.dry_run { None } else { Some(Identity::load_or_create(&config.state_dir)?) };
     let sampler_task = tokio::spawn(sample_loop(SampleLoop {
         sampler,
         buffer: buffer.clone(),
@@ -113,8 +118,15 @@ pub async fn run_with_buffer(config: Config, stop: CancellationToken, buffer: Sh
     if config.dry_run {
         inner.cancelled().await;
     } else {
-        let connection =
-            Connection { config: &config, agent_id, hostname, buffer: &buffer, interval: interval_tx, sampled };
+        let connection = Connection {
+            config: &config,
+            agent_id,
+            hostname,
+            buffer: &buffer,
+            interval: interval_tx,
+            sampled,
+            identity: identity.as_ref(),
+        };
         connection.run_forever(&inner).await;
     }
     inner.cancel();
@@ -252,7 +264,12 @@ struct Connection<'a> {
     buffer: &'a SharedBuffer,
     interval: watch::Sender<Duration>,
     sampled: Arc<Notify>,
+    /// The key and certificate; `None` with plaintext.
+    identity: Option<&'a Identity>,
 }
+
+/// How long to wait after a failed renewal before trying again.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
 
 impl Connection<'_> {
     /// Connects, streams, and reconnects with jittered backoff until `stop` is cancelled.
@@ -292,15 +309,29 @@ impl Connection<'_> {
         stop: &CancellationToken,
     ) -> SessionEnd {
         let disconnected = |error: String| SessionEnd::Disconnected { error, connected_for: Duration::ZERO };
-        let channel = match self.connect(address).await {
+        // An expired certificate would fail the handshake: without it the agent enrolls with its token.
+        let mut cert = self.current_cert();
+        let channel = match self.connect(address, cert.as_ref()).await {
             Ok(channel) => channel,
             Err(error) => return disconnected(error),
         };
         let mut client = AgentServiceClient::new(channel);
         let id = match machine_id.clone() {
             Some(id) => id,
-            None => match self.enroll(&mut client).await {
-                Ok(id) => {
+            None => match self.enroll(&mut client, cert.is_some()).await {
+                Ok((id, inventory, issued)) => {
+                    if issued {
+                        // The certificate is new: every call from now on goes over mTLS with it.
+                        cert = self.current_cert();
+                        client = match self.connect(address, cert.as_ref()).await {
+                            Ok(channel) => AgentServiceClient::new(channel),
+                            Err(error) => return disconnected(error),
+                        };
+                    }
+                    if let Err(status) = self.report_inventory(&mut client, &id, inventory).await {
+                        self.forget_if_revoked(&status, machine_id);
+                        return disconnected(format!("inventory refused: {status}"));
+                    }
                     if announced.as_deref() != Some(id.as_str()) {
                         let mut out = std::io::stdout().lock();
                         let _ = writeln!(out, "enrolled machine_id={id}");
@@ -310,7 +341,10 @@ impl Connection<'_> {
                     *machine_id = Some(id.clone());
                     id
                 }
-                Err(status) => return disconnected(format!("enroll failed: {status}")),
+                Err(status) => {
+                    self.forget_if_revoked(&status, machine_id);
+                    return disconnected(format!("enroll failed: {status}"));
+                }
             },
         };
 
@@ -336,6 +370,7 @@ impl Connection<'_> {
             }
             Ok(Err(status)) => {
                 forget_if_unknown(&status, machine_id);
+                self.forget_if_revoked(&status, machine_id);
                 return disconnected(format!("heartbeat refused: {status}"));
             }
             Ok(Ok(response)) => response.into_inner(),
@@ -346,9 +381,21 @@ impl Connection<'_> {
         if let Err(error) = self.flush(&id, &tx).await {
             return broken(error);
         }
+        let mut renew_at = cert.as_ref().map(|c| {
+            let wait = c.renew_at().duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + wait
+        });
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return SessionEnd::Stopped,
+                _ = sleep_until_some(renew_at) => match self.renew(&mut client, &id).await {
+                    Ok(()) => return broken("certificate renewed; reconnecting with it".into()),
+                    Err(status) => {
+                        warn!(error = %status, retry_in = ?RENEW_RETRY, "certificate renewal failed");
+                        self.forget_if_revoked(&status, machine_id);
+                        renew_at = Some(tokio::time::Instant::now() + RENEW_RETRY);
+                    }
+                },
                 _ = self.sampled.notified() => {
                     if let Err(error) = self.flush(&id, &tx).await {
                         return broken(error);
@@ -359,6 +406,7 @@ impl Connection<'_> {
                     Ok(None) => return broken("the coordinator closed the heartbeat stream".into()),
                     Err(status) => {
                         forget_if_unknown(&status, machine_id);
+                        self.forget_if_revoked(&status, machine_id);
                         return broken(format!("heartbeat stream failed: {status}"));
                     }
                 },
@@ -366,7 +414,41 @@ impl Connection<'_> {
         }
     }
 
-    async fn connect(&self, address: &str) -> Result<Channel, String> {
+    /// The stored certificate, unless it expired.
+    fn current_cert(&self) -> Option<StoredCert> {
+        let cert = self.identity?.certificate()?;
+        if cert.expired(std::time::SystemTime::now()) {
+            warn!("the agent certificate expired; enrolling again with the token");
+            return None;
+        }
+        Some(cert)
+    }
+
+    /// A revoked certificate is dropped, so the next enrollment uses a (new) token.
+    fn forget_if_revoked(&self, status: &tonic::Status, machine_id: &mut Option<String>) {
+        if status.code() == tonic::Code::Unauthenticated && status.message().contains("revoked") {
+            if let Some(identity) = self.identity {
+                warn!(error = %status, "the coordinator revoked this agent's certificate; a new token is needed");
+                identity.forget_certificate();
+            }
+            *machine_id = None;
+        }
+    }
+
+    /// Asks for a new certificate for the same key over the current mTLS connection, and stores it.
+    async fn renew(&self, client: &mut AgentServiceClient<Channel>, machine_id: &str) -> Result<(), tonic::Status> {
+        let identity = self.identity.ok_or_else(|| tonic::Status::failed_precondition("no identity"))?;
+        let csr_pem = identity.csr(&self.hostname).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let response =
+            self.unary(client.renew(pb::RenewRequest { machine_id: machine_id.to_string(), csr_pem })).await?;
+        identity
+            .store(&response.certificate_pem, &response.ca_pem)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        info!(machine_id, "certificate renewed");
+        Ok(())
+    }
+
+    async fn connect(&self, address: &str, cert: Option<&StoredCert>) -> Result<Channel, String> {
         let timeout = self.config.connect_timeout;
         let mut endpoint = Endpoint::from_shared(address.to_string())
             .map_err(|e| format!("bad coordinator address {address}: {e}"))?
@@ -376,7 +458,14 @@ impl Connection<'_> {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         if let Some(pem) = &self.config.ca_pem {
-            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            // The bundle from the coordinator holds the new CA during a rotation.
+            if let Some(bundle) = cert.and_then(|c| c.ca_pem.as_ref()) {
+                tls = tls.ca_certificate(Certificate::from_pem(bundle));
+            }
+            if let (Some(cert), Some(identity)) = (cert, self.identity) {
+                tls = tls.identity(TlsIdentity::from_pem(&cert.cert_pem, identity.key_pem()));
+            }
             endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS setup failed: {e}; check --ca-file"))?;
         }
         // The TLS handshake is not covered by connect_timeout: bound the whole connect.
@@ -387,18 +476,46 @@ impl Connection<'_> {
         }
     }
 
-    /// Enroll, then report the inventory. Returns the machine id.
-    async fn enroll(&self, client: &mut AgentServiceClient<Channel>) -> Result<String, tonic::Status> {
+    /// Enroll: with the certificate when it has one, else with the token and a CSR. Returns the
+    /// machine id, the inventory to report, and whether a certificate was issued (the caller then
+    /// reconnects with it).
+    async fn enroll(
+        &self,
+        client: &mut AgentServiceClient<Channel>,
+        has_cert: bool,
+    ) -> Result<(String, Inventory, bool), tonic::Status> {
         let inventory = self.collect_inventory().await;
+        let (token, csr_pem) = match self.identity {
+            Some(identity) if !has_cert => {
+                let token = match &self.config.token_file {
+                    Some(path) => crate::identity::read_token(path)
+                        .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?,
+                    None => String::new(),
+                };
+                let csr = identity.csr(&self.hostname).map_err(|e| tonic::Status::internal(e.to_string()))?;
+                (token, csr)
+            }
+            _ => (String::new(), String::new()),
+        };
         let request = pb::EnrollRequest {
             agent_id: self.agent_id.clone(),
             hostname: self.hostname.clone(),
             mac_addresses: inventory::enrollment_macs(&inventory.interfaces),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            token: String::new(),
-            csr_pem: String::new(),
+            token,
+            csr_pem,
         };
         let response = self.unary(client.enroll(request)).await?;
+        let issued = match self.identity {
+            Some(identity) if !response.certificate_pem.is_empty() => {
+                identity
+                    .store(&response.certificate_pem, &response.ca_pem)
+                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+                info!("client certificate stored; mTLS from now on");
+                true
+            }
+            _ => false,
+        };
         let machine_id = response.machine_id;
         if machine_id.is_empty() {
             return Err(tonic::Status::internal("the coordinator returned an empty machine_id"));
@@ -410,8 +527,7 @@ impl Connection<'_> {
             info!(interval = ?wanted, "using the coordinator's longer heartbeat interval");
             self.interval.send_replace(wanted);
         }
-        self.report_inventory(client, &machine_id, inventory).await?;
-        Ok(machine_id)
+        Ok((machine_id, inventory, issued))
     }
 
     async fn report_inventory(
@@ -500,6 +616,14 @@ impl Connection<'_> {
             }
             None => debug!("ignoring a directive of a kind this agent does not know"),
         }
+    }
+}
+
+/// Sleeps until `at`; never wakes without one. Cancel safe.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub coordinator: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub insecure: Option<bool>,
+    /// A file (mode 0600) holding the one-time enrollment token.
+    pub token_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub hostname: Option<String>,
     #[serde(default, with = "humantime_serde")]
@@ -43,6 +45,8 @@ pub struct Config {
     /// The PEM bytes of `ca_file`, read once by validation.
     pub ca_pem: Option<Vec<u8>>,
     pub insecure: bool,
+    /// The enrollment token's file; read at each enrollment that has no certificate to use.
+    pub token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     /// `None`: ask the OS.
     pub hostname: Option<String>,
@@ -107,6 +111,7 @@ impl Config {
         let any = |_: &str| Ok(());
         let env_coordinator = env_value("METALFLEET_COORDINATOR", &any);
         let env_ca_file = env_value("METALFLEET_CA_FILE", &any).map(PathBuf::from);
+        let env_token_file = env_value("METALFLEET_TOKEN_FILE", &any).map(PathBuf::from);
         let env_state_dir = env_value("METALFLEET_STATE_DIR", &any).map(PathBuf::from);
         let env_hostname = env_value("METALFLEET_HOSTNAME", &any);
         let env_interval = env_value("METALFLEET_INTERVAL", &|raw| parse_duration(raw).map(|_| ()))
@@ -123,6 +128,7 @@ impl Config {
             ca_pem: None,
             ca_file,
             insecure,
+            token_file: args.token_file.clone().or(env_token_file).or(file.token_file),
             state_dir: args.state_dir.clone().or(env_state_dir).or(file.state_dir).unwrap_or_else(default_state_dir),
             hostname: args.hostname.clone().or(env_hostname).or(file.hostname),
             interval: args.interval.or(env_interval).or(file.interval).unwrap_or_else(default_interval),

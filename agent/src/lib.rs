@@ -7,6 +7,7 @@
 //! - [`backoff`]: exponential reconnect backoff with full jitter.
 //! - [`config`]: the agent's `Config`, from file < `METALFLEET_*` < flags.
 //! - [`client`]: `agent run`: enroll, report inventory, stream heartbeats, obey directives, reconnect.
+//! - [`identity`]: the agent's key (0600, never sent), its client certificate and the CA bundle.
 //! - [`footprint`]: the agent watching its own memory (VmRSS) against a budget.
 //! - [`grpc`]: the only place that knows the wire types (`grpc::convert`).
 //! - [`output`]: tables for humans (JSON goes through serde).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod footprint;
 pub mod grpc;
 pub mod health;
+pub mod identity;
 pub mod inventory;
 pub mod output;
 pub mod timefmt;

@@ -57,6 +57,10 @@ impl AgentService for Fake {
 
     type HeartbeatStream = ReceiverStream<Result<pb::Directive, Status>>;
 
+    async fn renew(&self, _request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        Err(Status::unimplemented("the fake coordinator issues no certificates"))
+    }
+
     async fn heartbeat(
         &self,
         request: Request<tonic::Streaming<pb::HeartbeatRequest>>,
