@@ -4,6 +4,7 @@
 //! decides the coordinator's address: client config file, then `METALFLEET_COORDINATOR`, then flags.
 
 pub mod maas;
+pub mod security;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct GlobalArgs {
     pub coordinator: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
+    /// A file holding an operator bearer token (overrides client.toml's token_file).
+    pub token_file: Option<PathBuf>,
 }
 
 /// A fleetctl failure and the exit code it means.
@@ -67,6 +70,10 @@ pub struct Target {
     pub ca_file: Option<PathBuf>,
     /// The client config file that was read, if any.
     pub from_file: Option<PathBuf>,
+    /// The operator credential: a certificate and key, and/or a bearer token file.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
 }
 
 /// The client config files looked at when `--config` is not given, in order.
@@ -110,8 +117,15 @@ pub fn resolve_target(args: &GlobalArgs, env: &dyn Env) -> Result<Target, CliErr
         })?;
     let insecure = args.insecure || file.as_ref().is_some_and(|f| f.insecure);
     let url = normalize_url(&url, insecure);
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| env.var("METALFLEET_TOKEN_FILE").map(PathBuf::from))
+        .or_else(|| file.as_ref().and_then(|f| f.token_file.clone()));
+    let cert_file = file.as_ref().and_then(|f| f.cert_file.clone());
+    let key_file = file.as_ref().and_then(|f| f.key_file.clone());
     let ca_file = args.ca_file.clone().or_else(|| file.and_then(|f| f.ca_file));
-    Ok(Target { url, ca_file, from_file: file_path })
+    Ok(Target { url, ca_file, from_file: file_path, cert_file, key_file, token_file })
 }
 
 /// Adds a scheme when missing; `insecure` means plaintext, so it turns https into http.
@@ -139,11 +153,27 @@ pub fn client_settings(target: &Target) -> Result<ClientSettings, CliError> {
         })?),
         _ => None,
     };
+    let identity = match (&target.cert_file, &target.key_file, target.url.starts_with("https://")) {
+        (Some(cert), Some(key), true) => {
+            let cert_pem = std::fs::read_to_string(cert).map_err(|e| {
+                CliError::Usage(format!("cannot read the certificate {}: {e}; check cert_file in client.toml", cert.display()))
+            })?;
+            let key_pem = crate::secret::read_private(key).map_err(|e| CliError::Usage(e.to_string()))?;
+            Some((cert_pem, key_pem))
+        }
+        _ => None,
+    };
+    let bearer = match &target.token_file {
+        Some(path) => Some(crate::secret::read_private(path).map_err(|e| CliError::Usage(e.to_string()))?),
+        None => None,
+    };
     Ok(ClientSettings {
         url: target.url.clone(),
         ca_pem,
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(15),
+        identity,
+        bearer,
     })
 }
 
@@ -421,6 +451,7 @@ mod tests {
             coordinator: Some("127.0.0.2:9".into()),
             ca_file: Some("/other.pem".into()),
             insecure: true,
+            token_file: None,
         };
         check(
             flags,

@@ -18,6 +18,14 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub insecure: bool,
+    /// The operator's client certificate and key (from `coordinator operators add`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A file (mode 0600) holding the operator's bearer token, sent as `authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -33,6 +41,9 @@ impl ClientConfig {
             coordinator: format!("{scheme}://{}", SocketAddr::new(ip, bound.port())),
             ca_file: if insecure { None } else { ca_file },
             insecure,
+            cert_file: None,
+            key_file: None,
+            token_file: None,
         }
     }
 

@@ -52,6 +52,9 @@ pub struct Config {
     /// The MAAS client's settings (see [`crate::maas::Config`]); absent when MAAS is not used.
     #[serde(default)]
     pub maas: Option<crate::maas::Config>,
+    /// Enrollment tokens and agent certificates (see [`crate::enroll::EnrollConfig`]).
+    #[serde(default)]
+    pub enroll: crate::enroll::EnrollConfig,
 }
 
 /// When a machine counts as degraded.

@@ -13,19 +13,27 @@
 //! - [`poller`]: keeps the store's view of every MAAS machine current and turns MAAS changes into events.
 //! - [`client_config`]: `client.toml`, written by the server and read by fleetctl.
 //! - [`server`]: `coordinator serve` wired together, with graceful shutdown.
+//! - [`enroll`], [`auth`], [`secret`], [`security_store`]: enrollment tokens, agent and operator
+//!   certificates, per-RPC checks, revocation, the audit log, and the redacting [`secret::Secret`].
 //! - [`cli`]: fleetctl's logic (settings resolution, tables, JSON), kept out of the binary for tests.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod client_config;
 pub mod config;
 pub mod domain;
+pub mod enroll;
 pub mod fleet;
 pub mod grpc;
 pub mod health;
 pub mod maas;
+pub mod operators;
 pub mod pki;
 pub mod poller;
+pub mod secret;
+pub mod security_store;
 pub mod server;
 pub mod store;
 

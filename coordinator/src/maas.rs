@@ -150,9 +150,9 @@ impl ApiKey {
     /// # Errors
     /// [`Error::ApiKey`] naming the file when it cannot be read or does not hold a key.
     pub fn from_file(path: &Path) -> Result<ApiKey, Error> {
+        refuse_if_shared(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::ApiKey { path: path.to_owned(), reason: format!("cannot read it ({e})") })?;
-        warn_if_shared(path);
         ApiKey::parse(&text).map_err(|reason| Error::ApiKey { path: path.to_owned(), reason })
     }
 
@@ -169,20 +169,18 @@ impl ApiKey {
     }
 }
 
-/// Secrets live in files of mode 0600; a key readable by others still works, but the operator should know.
-fn warn_if_shared(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                "the MAAS API key file is readable by other users; run chmod 600 on it"
-            );
-        }
+/// Secrets live in files of mode 0600: a key readable by group or others is refused, with the fix.
+fn refuse_if_shared(path: &Path) -> Result<(), Error> {
+    match crate::secret::check_private(path) {
+        Err(crate::secret::SecretFileError::TooOpen { mode, .. }) => Err(Error::ApiKey {
+            path: path.to_owned(),
+            reason: format!(
+                "it is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
+                path.display()
+            ),
+        }),
+        // A missing or unreadable file is reported by the read that follows.
+        _ => Ok(()),
     }
 }
 

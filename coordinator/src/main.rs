@@ -20,6 +20,31 @@ struct Cli {
 enum Command {
     /// Serve agents and operators over gRPC.
     Serve(ServeArgs),
+    /// Operator credentials.
+    Operators {
+        #[command(subcommand)]
+        command: OperatorsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorsCommand {
+    /// Create (or replace) an operator: a client certificate, or with --bearer a token for scripts.
+    Add {
+        name: String,
+        /// admin or read-only.
+        #[arg(long, default_value = "read-only")]
+        role: String,
+        /// Also make a bearer token (printed once; stored hashed).
+        #[arg(long)]
+        bearer: bool,
+        /// The coordinator's state directory [env: METALFLEET_STATE_DIR].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Where to write NAME.pem, NAME.key and client.toml (default STATE_DIR/operators/NAME).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,7 +78,15 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Operators { command: OperatorsCommand::Add { name, role, bearer, state_dir, out } } => {
+            let state_dir = state_dir
+                .or_else(|| std::env::var_os("METALFLEET_STATE_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(coordinator::config::DEFAULT_STATE_DIR));
+            std::process::exit(coordinator::admin::operators_add(&state_dir, &name, &role, bearer, out));
+        }
+    };
     let overrides = Overrides { listen: args.listen, state_dir: args.state_dir, insecure: args.insecure };
     // Config errors are usage errors, reported before any port is bound.
     let maas = MaasOverrides { url: args.maas_url, api_key_file: args.maas_api_key_file };
@@ -64,6 +97,14 @@ fn main() {
             std::process::exit(exit::USAGE);
         }
     };
+    // Secret files readable by group or others are refused before anything starts.
+    if let Some(maas) = &config.maas
+        && let Err(error @ coordinator::secret::SecretFileError::TooOpen { .. }) =
+            coordinator::secret::check_private(&maas.api_key_file)
+    {
+        eprintln!("error: {error}");
+        std::process::exit(exit::USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use proto::v1::agent_service_server::AgentServiceServer;
 use proto::v1::fleet_service_server::FleetServiceServer;
+use proto::v1::security_service_server::SecurityServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -15,6 +16,8 @@ use crate::config::Config;
 use crate::fleet::{Fleet, FleetError, FleetSettings};
 use crate::grpc::agent_service::AgentApi;
 use crate::grpc::fleet_service::FleetApi;
+use crate::auth::{OperatorGate, Security};
+use crate::grpc::security_service::{self, SecurityApi};
 use crate::pki::{self, PkiError};
 use crate::poller::{self, EventSink};
 use crate::store::{MaasStore, SqliteStore, Store, StoreError};
@@ -44,6 +47,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
+    #[error("cannot create the local admin credential: {0}")]
+    Operators(#[from] crate::operators::OperatorError),
     #[error(transparent)]
     Poller(#[from] crate::poller::StartError),
 }
@@ -137,19 +142,38 @@ pub async fn prepare_with_stores(
         .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+    let security_store = crate::security_store::SecurityStore::open(&config.state_dir)?;
+    let security =
+        Security::load(security_store, config.enroll.clone(), config.insecure, config.state_dir.clone()).await?;
     let ca_file = if config.insecure {
-        tracing::warn!("serving plaintext gRPC (--insecure); use it for tests and demos only");
+        tracing::warn!(
+            "serving plaintext gRPC (--insecure): NO enrollment tokens, NO client certificates, NO operator \
+             authentication; anyone who reaches this port controls the fleet; use it for local experiments only"
+        );
         None
     } else {
         let pki = pki::ensure(&config.state_dir, &config.tls.extra_sans)?;
-        let tls = ServerTlsConfig::new().identity(Identity::from_pem(&pki.cert_pem, &pki.key_pem));
+        // Client certificates are optional at the handshake (Enroll with a token has none yet); when
+        // one is presented rustls verifies it against our CA, and each RPC says what it needs.
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&pki.cert_pem, &pki.key_pem))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+            .client_auth_optional(true);
         builder = builder.tls_config(tls)?;
+        if !config.enroll.require_token {
+            tracing::warn!("[enroll] require_token = false: any agent that reaches this port may enroll");
+        }
         Some(pki.ca_path)
     };
     let client_path = config.state_dir.join(client_config::FILE_NAME);
-    ClientConfig::for_listener(bound, ca_file, config.insecure)
-        .write(&client_path)
-        .map_err(|source| ServeError::ClientConfig { path: client_path.clone(), source })?;
+    let mut client = ClientConfig::for_listener(bound, ca_file, config.insecure);
+    if !config.insecure {
+        // The local admin's credential, so a bare `fleetctl status` on this host works.
+        let admin = crate::operators::ensure_local_admin(&config.state_dir, &security.store).await?;
+        client.cert_file = Some(admin.cert_file);
+        client.key_file = Some(admin.key_file);
+    }
+    client.write(&client_path).map_err(|source| ServeError::ClientConfig { path: client_path.clone(), source })?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
@@ -161,7 +185,7 @@ pub async fn prepare_with_stores(
         .map_err(|error| ServeError::Listener(std::io::Error::other(error.to_string())))?;
 
     let limit = config.max_message_bytes;
-    let agents = AgentServiceServer::new(AgentApi::new(fleet.clone(), stop.clone()))
+    let agents = AgentServiceServer::new(AgentApi::new(fleet.clone(), stop.clone()).with_security(security.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let mut fleet_api = FleetApi::new(fleet.clone(), stop.clone());
@@ -171,7 +195,13 @@ pub async fn prepare_with_stores(
     let operators = FleetServiceServer::new(fleet_api)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let router = builder.add_service(health_service).add_service(reflection).add_service(agents).add_service(operators);
+    let operators = OperatorGate::new(operators, security.clone(), crate::auth::FLEET_STATE_CHANGING);
+    let admin = SecurityServiceServer::new(SecurityApi::new(fleet.clone(), security.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let admin = OperatorGate::new(admin, security.clone(), security_service::STATE_CHANGING);
+    let router = builder.add_service(health_service).add_service(reflection).add_service(agents).add_service(operators)
+        .add_service(admin);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller })

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use coordinator::cli::{self, CliError, GlobalArgs};
+use coordinator::cli::{self, CliError, GlobalArgs, security};
 use coordinator::grpc::client::{self, FleetClient};
 use futures::StreamExt;
 use metalfleet_common::config::ProcessEnv;
@@ -26,6 +26,9 @@ struct Cli {
     /// Talk plaintext gRPC (to a coordinator started with --insecure).
     #[arg(long, global = true)]
     insecure: bool,
+    /// File (mode 0600) holding an operator bearer token [env: METALFLEET_TOKEN_FILE].
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -52,6 +55,22 @@ enum Command {
         #[command(subcommand)]
         command: MachinesCommand,
     },
+    /// Enrollment tokens for agents.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Agent certificates.
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
+    /// State-changing operator calls: who, what, when, result.
+    Audit {
+        /// Only the newest N entries.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
     /// Fleet events (enrollments, health changes).
     Events {
         /// Keep printing new events as they happen.
@@ -60,6 +79,37 @@ enum Command {
         /// Only the newest N stored events.
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Mint an enrollment token; prints it once.
+    Create {
+        /// How long it is valid, e.g. 1h, 30m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Only this machine (hostname or MAAS system_id) may use it.
+        #[arg(long, value_name = "NAME")]
+        machine: Option<String>,
+        /// How many enrollments it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Tokens with their uses left and expiry (never the secrets).
+    List,
+    /// Make a token unusable.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Client certificates issued to agents.
+    List,
+    /// Revoke every certificate of a machine; its next call is refused.
+    Revoke {
+        /// Hostname, machine id or MAAS system_id.
+        name: String,
     },
 }
 
@@ -108,7 +158,7 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<i32, CliError> {
     let global =
-        GlobalArgs { config: cli.config, coordinator: cli.coordinator, ca_file: cli.ca_file, insecure: cli.insecure };
+        GlobalArgs { config: cli.config, coordinator: cli.coordinator, ca_file: cli.ca_file, insecure: cli.insecure, token_file: cli.token_file };
     let target = cli::resolve_target(&global, &ProcessEnv)?;
     let settings = cli::client_settings(&target)?;
     tracing::debug!(url = %target.url, config = ?target.from_file, "connecting");
@@ -121,6 +171,24 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
             machines_show(&client, json, &name, history).await
         }
         Command::Events { follow, limit } => events(&client, json, follow, limit.unwrap_or(0)).await,
+        Command::Tokens { command } => {
+            let output = match command {
+                TokensCommand::Create { ttl, machine, uses } => {
+                    security::tokens_create(&client, json, ttl, machine.as_deref(), uses).await?
+                }
+                TokensCommand::List => security::tokens_list(&client, json).await?,
+                TokensCommand::Revoke { id } => security::tokens_revoke(&client, json, &id).await?,
+            };
+            emit(output)
+        }
+        Command::Agents { command } => {
+            let output = match command {
+                AgentsCommand::List => security::agents_list(&client, json).await?,
+                AgentsCommand::Revoke { name } => security::agents_revoke(&client, json, &name).await?,
+            };
+            emit(output)
+        }
+        Command::Audit { limit } => emit(security::audit(&client, json, limit.unwrap_or(0)).await?),
     }
 }
 
@@ -213,6 +281,14 @@ async fn events(client: &FleetClient, json: bool, follow: bool, limit: u32) -> R
             cli::event_line(&event)
         };
         print(&format!("{line}\n"))?;
+    }
+    Ok(exit::OK)
+}
+
+fn emit(output: security::Output) -> Result<i32, CliError> {
+    match output {
+        security::Output::Json(value) => print_json(&value)?,
+        security::Output::Text(text) => print(&text)?,
     }
     Ok(exit::OK)
 }

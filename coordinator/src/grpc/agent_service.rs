@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, status};
+use crate::auth::{EnrollGrant, PeerCert, Security};
 use crate::fleet::Fleet;
 
 /// The longest interval backpressure asks for.
@@ -23,11 +24,63 @@ pub struct AgentApi {
     fleet: Arc<Fleet>,
     /// Cancelled at shutdown: open heartbeat streams end so the server can drain.
     stop: CancellationToken,
+    /// Tokens, certificates and revocation; `None` checks nothing (tests of the fleet logic alone).
+    security: Option<Arc<Security>>,
 }
 
 impl AgentApi {
     pub fn new(fleet: Arc<Fleet>, stop: CancellationToken) -> Self {
-        AgentApi { fleet, stop }
+        AgentApi { fleet, stop, security: None }
+    }
+
+    /// Enforces enrollment tokens, client certificates and revocation (see [`crate::auth`]).
+    pub fn with_security(mut self, security: Arc<Security>) -> Self {
+        self.security = Some(security);
+        self
+    }
+
+    fn check_agent(&self, peer: Option<&PeerCert>, machine_id: &str) -> Result<(), Status> {
+        match &self.security {
+            Some(security) => security.check_agent(peer, machine_id),
+            None => Ok(()),
+        }
+    }
+
+    /// Signs the agent's CSR for `machine` and records the certificate.
+    async fn issue(
+        &self,
+        security: &Security,
+        machine: &crate::domain::Machine,
+        csr_pem: &str,
+    ) -> Result<(String, String), Status> {
+        let (ca_pem, ca_key) = security.ca()?;
+        let mut uris = vec![format!("{}{}", crate::enroll::MACHINE_URI, machine.id)];
+        if let Some(system_id) = &machine.system_id {
+            uris.push(format!("metalfleet:system:{system_id}"));
+        }
+        let issued = crate::enroll::sign_client_csr(
+            csr_pem,
+            &ca_pem,
+            &ca_key,
+            &machine.hostname,
+            &uris,
+            security.config.cert_lifetime,
+        )
+        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let record = crate::security_store::AgentCertRecord {
+            serial: issued.serial.clone(),
+            machine_id: machine.id.clone(),
+            issued_at: chrono::Utc::now(),
+            expires_at: issued.not_after,
+            revoked: false,
+        };
+        security.store.insert_agent_cert(record).await.map_err(|error| {
+            tracing::error!(%error, "cannot record an agent certificate");
+            Status::internal("the coordinator cannot record the certificate; see its log")
+        })?;
+        security.unrevoke_machine(&machine.id);
+        tracing::info!(machine_id = %machine.id, serial = %issued.serial, not_after = %issued.not_after, "agent certificate issued");
+        Ok((issued.certificate_pem, ca_pem))
     }
 }
 
@@ -37,10 +90,76 @@ type DirectiveStream = Pin<Box<dyn Stream<Item = Result<pb::Directive, Status>> 
 impl AgentService for AgentApi {
     #[tracing::instrument(skip_all, fields(agent_id))]
     async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
-        let enrollment = convert::enrollment(request.into_inner())?;
+        let remote = request.remote_addr();
+        let peer = Security::peer(request.peer_certs());
+        let mut wire = request.into_inner();
+        // The token is a secret: it leaves the request here and is only ever hashed.
+        let token = crate::secret::Secret::new(std::mem::take(&mut wire.token));
+        let csr_pem = std::mem::take(&mut wire.csr_pem);
+        let enrollment = convert::enrollment(wire)?;
         tracing::Span::current().record("agent_id", enrollment.agent_id.as_str());
+        let Some(security) = self.security.clone() else {
+            let machine = self.fleet.enroll(enrollment).await.map_err(status)?;
+            return Ok(Response::new(convert::enroll_response(&machine)));
+        };
+        let issue_cert = !security.insecure && !csr_pem.is_empty();
+        let has_agent_cert = peer.as_ref().is_some_and(|p| p.machine_id().is_some());
+        if !security.insecure && security.config.require_token && csr_pem.is_empty() && !has_agent_cert {
+            return Err(Status::invalid_argument("csr_pem is empty; the agent must send a CSR for its key"));
+        }
+        if issue_cert {
+            crate::enroll::check_csr(&csr_pem).map_err(|error| Status::invalid_argument(error.to_string()))?;
+        }
+        // Checked before anything is stored: a refused agent leaves no trace but the log line.
+        let names = vec![enrollment.hostname.clone()];
+        let grant = security.admit_enroll(remote, peer.as_ref(), token.expose(), names).await.inspect_err(|refusal| {
+            tracing::warn!(peer = ?remote, code = ?refusal.code(), reason = refusal.message(), "enrollment refused");
+        })?;
+        if let EnrollGrant::Certificate(machine_id) = &grant {
+            let own = self
+                .fleet
+                .machines()
+                .into_iter()
+                .any(|view| &view.machine.id == machine_id && view.machine.agent_id == enrollment.agent_id);
+            if !own {
+                return Err(Status::permission_denied(format!(
+                    "this certificate belongs to machine {machine_id}, not to agent {}; enroll with a token",
+                    enrollment.agent_id
+                )));
+            }
+        }
         let machine = self.fleet.enroll(enrollment).await.map_err(status)?;
-        Ok(Response::new(convert::enroll_response(&machine)))
+        let mut response = convert::enroll_response(&machine);
+        if issue_cert {
+            let (certificate_pem, ca_pem) = self.issue(&security, &machine, &csr_pem).await?;
+            response.certificate_pem = certificate_pem;
+            response.ca_pem = ca_pem;
+        }
+        tracing::info!(machine_id = %machine.id, grant = ?grant, "agent enrolled");
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(machine_id))]
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        let peer = Security::peer(request.peer_certs());
+        let pb::RenewRequest { machine_id, csr_pem } = request.into_inner();
+        tracing::Span::current().record("machine_id", machine_id.as_str());
+        let Some(security) = self.security.clone().filter(|s| !s.insecure) else {
+            return Err(Status::failed_precondition("this coordinator serves plaintext; there is nothing to renew"));
+        };
+        if peer.is_none() {
+            return Err(Status::unauthenticated("renewal needs the current client certificate"));
+        }
+        self.check_agent(peer.as_ref(), &machine_id)?;
+        let machine = self
+            .fleet
+            .machines()
+            .into_iter()
+            .map(|view| view.machine)
+            .find(|m| m.id == machine_id)
+            .ok_or_else(|| Status::not_found(format!("machine {machine_id} is not enrolled; enroll again")))?;
+        let (certificate_pem, ca_pem) = self.issue(&security, &machine, &csr_pem).await?;
+        Ok(Response::new(pb::RenewResponse { certificate_pem, ca_pem }))
     }
 
     #[tracing::instrument(skip_all, fields(machine_id))]
@@ -48,8 +167,10 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::ReportInventoryRequest>,
     ) -> Result<Response<pb::ReportInventoryResponse>, Status> {
+        let peer = Security::peer(request.peer_certs());
         let pb::ReportInventoryRequest { machine_id, inventory } = request.into_inner();
         tracing::Span::current().record("machine_id", machine_id.as_str());
+        self.check_agent(peer.as_ref(), &machine_id)?;
         let inventory =
             inventory.ok_or_else(|| Status::invalid_argument("inventory is missing; send the full inventory"))?;
         let changed = self.fleet.report_inventory(&machine_id, convert::inventory(inventory)).await.map_err(status)?;
@@ -64,6 +185,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let peer = Security::peer(request.peer_certs());
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -71,18 +193,31 @@ impl AgentService for AgentApi {
             .ok_or_else(|| Status::invalid_argument("the heartbeat stream ended before its first message"))?;
         let first = convert::heartbeat(first)?;
         let machine_id = first.machine_id.clone();
+        self.check_agent(peer.as_ref(), &machine_id)?;
+        // Subscribed before the first write, so a revocation from now on ends the stream.
+        let mut revocations = self.security.as_ref().filter(|s| !s.insecure).map(|s| s.revocations());
+        let first_interval_ms = first.interval_ms;
         self.fleet.heartbeat(first).await.map_err(status)?;
         tracing::debug!(%machine_id, "heartbeat stream opened");
 
         let (directives, outbound) = mpsc::channel(DIRECTIVE_BUFFER);
         let mut pressure = Pressure::new(self.fleet.clone(), machine_id.clone());
-        pressure.check(&directives);
+        pressure.check(&directives, first_interval_ms);
         let fleet = self.fleet.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => break,
+                    revoked = next_revocation(&mut revocations) => {
+                        if revoked == machine_id {
+                            tracing::warn!(%machine_id, "certificate revoked; ending the heartbeat stream");
+                            let refusal = Status::unauthenticated("certificate revoked; enroll again with a new token");
+                            let _ = directives.send(Err(refusal)).await;
+                            break;
+                        }
+                        continue;
+                    }
                     next = inbound.message() => next,
                 };
                 let message = match next {
@@ -110,6 +245,19 @@ impl AgentService for AgentApi {
             tracing::debug!(%machine_id, "heartbeat stream closed");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+}
+
+/// The next revoked machine id; pending forever without a revocation feed. Cancel safe.
+async fn next_revocation(feed: &mut Option<tokio::sync::broadcast::Receiver<String>>) -> String {
+    let Some(receiver) = feed else { return std::future::pending().await };
+    loop {
+        match receiver.recv().await {
+            Ok(machine_id) => return machine_id,
+            // Missed some (64 revocations at once): the next RPC of a revoked agent is refused anyway.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return std::future::pending().await,
+        }
     }
 }
 

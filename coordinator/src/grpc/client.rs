@@ -5,9 +5,13 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use proto::v1 as pb;
 use proto::v1::fleet_service_client::FleetServiceClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::convert;
+
+mod security;
+pub use security::{AgentCert, AuditEntry, TokenInfo};
 use crate::domain::maas::{MaasMachine, MaasSyncStatus};
 use crate::domain::{Event, MachineView};
 
@@ -20,7 +24,29 @@ pub struct ClientSettings {
     pub ca_pem: Option<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// The operator's client certificate and key (PEM), for https.
+    pub identity: Option<(String, crate::secret::Secret)>,
+    /// The operator's bearer token, sent as `authorization: Bearer ...`.
+    pub bearer: Option<crate::secret::Secret>,
 }
+
+/// Adds the operator's bearer token to every call.
+#[derive(Clone)]
+pub struct Credentials {
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.bearer {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that carries the operator's credentials.
+pub type AuthChannel = InterceptedService<Channel, Credentials>;
 
 /// Why a call to the coordinator failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +73,8 @@ impl ClientError {
 /// A connected FleetService client.
 #[derive(Debug, Clone)]
 pub struct FleetClient {
-    inner: FleetServiceClient<Channel>,
+    inner: FleetServiceClient<AuthChannel>,
+    security: proto::v1::security_service_client::SecurityServiceClient<AuthChannel>,
     url: String,
     request_timeout: Duration,
 }
@@ -69,7 +96,10 @@ pub async fn connect(settings: &ClientSettings) -> Result<FleetClient, ClientErr
                 "{url} uses TLS but no CA is configured; pass --ca-file (the coordinator's ca.pem) or set ca_file in client.toml"
             ))
         })?;
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = &settings.identity {
+            tls = tls.identity(Identity::from_pem(cert, key.expose()));
+        }
         endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Usage(format!("bad TLS settings: {e}")))?;
     } else if !url.starts_with("http://") {
         return Err(ClientError::Usage(format!(
@@ -78,7 +108,19 @@ pub async fn connect(settings: &ClientSettings) -> Result<FleetClient, ClientErr
     }
     let channel =
         endpoint.connect().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: error_chain(&e) })?;
-    Ok(FleetClient { inner: FleetServiceClient::new(channel), url, request_timeout: settings.request_timeout })
+    let bearer = match &settings.bearer {
+        Some(token) => Some(format!("Bearer {}", token.expose()).parse().map_err(|_| {
+            ClientError::Usage("the bearer token holds characters a header cannot carry; check token_file".into())
+        })?),
+        None => None,
+    };
+    let credentials = Credentials { bearer };
+    Ok(FleetClient {
+        inner: FleetServiceClient::with_interceptor(channel.clone(), credentials.clone()),
+        security: proto::v1::security_service_client::SecurityServiceClient::with_interceptor(channel, credentials),
+        url,
+        request_timeout: settings.request_timeout,
+    })
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

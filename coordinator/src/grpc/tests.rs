@@ -265,7 +265,14 @@ async fn tls_works_with_the_generated_ca_and_fails_without_it() {
             "{client_toml}"
         );
 
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)).domain_name("localhost");
+        // Operator calls need an operator credential: the local admin's, which the server wrote.
+        let admin_dir = running.state.path().join("operators/admin");
+        let admin_cert = std::fs::read_to_string(admin_dir.join("admin.pem")).unwrap();
+        let admin_key = std::fs::read_to_string(admin_dir.join("admin.key")).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca))
+            .domain_name("localhost")
+            .identity(tonic::transport::Identity::from_pem(&admin_cert, &admin_key));
         let channel = Endpoint::from_shared(format!("https://{}", running.addr))
             .unwrap()
             .tls_config(tls)
@@ -301,6 +308,8 @@ async fn tls_works_with_the_generated_ca_and_fails_without_it() {
             ca_pem: Some(ca),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            identity: Some((admin_cert.clone(), crate::secret::Secret::new(admin_key.clone()))),
+            bearer: None,
         };
         let client = crate::grpc::client::connect(&settings).await.unwrap();
         assert!(client.list_machines().await.unwrap().is_empty());

@@ -73,10 +73,26 @@ impl Coordinator {
     }
 }
 
+/// Mints a single-use enrollment token with fleetctl and writes it to a 0600 file for the agent.
+fn token_file(coordinator: &Coordinator, dir: &Path, hostname: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::io::Write;
+    let created = coordinator.fleetctl_json(&["tokens", "create", "--uses", "1", "--output", "json"])?;
+    let token = created["token"].as_str().context("tokens create --output json has a token")?;
+    let path = dir.join(format!("{hostname}.token"));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{token}")?;
+    Ok(path)
+}
+
 fn start_agent(coordinator: &Coordinator, dir: &Path, hostname: &str) -> Result<Proc> {
+    let token = token_file(coordinator, dir, hostname)?;
     let mut command = Command::new(bin("agent"));
     command
         .arg("run")
+        .arg("--token-file")
+        .arg(token)
         .arg("--coordinator")
         .arg(format!("https://{}", coordinator.addr))
         .arg("--ca-file")

@@ -1,0 +1,52 @@
+//! The coordinator's admin commands that work on the state directory directly (`operators add`).
+
+use std::path::{Path, PathBuf};
+
+use metalfleet_common::exit;
+
+use crate::operators::{self, OperatorError};
+
+/// `coordinator operators add`: prints where the credential went (and the bearer token, once).
+/// Returns the exit code.
+pub fn operators_add(state_dir: &Path, name: &str, role: &str, bearer: bool, out: Option<PathBuf>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    if !state_dir.join(crate::pki::CA_KEY).exists() {
+        eprintln!(
+            "error: no CA in {}; start `coordinator serve --state-dir {}` once first, or pass --state-dir",
+            state_dir.display(),
+            state_dir.display()
+        );
+        return exit::USAGE;
+    }
+    let result = runtime.block_on(async {
+        let store = crate::security_store::SecurityStore::open(state_dir)?;
+        operators::add(state_dir, &store, name, role, bearer, out).await
+    });
+    match result {
+        Ok(added) => {
+            println!("operator {} ({}) written to {}", added.name, added.role, added.dir.display());
+            println!("  certificate: {}", added.cert_file.display());
+            println!("  key:         {} (mode 0600)", added.key_file.display());
+            println!("  config:      {} (fleetctl --config {})", added.client_config.display(), added.client_config.display());
+            if let Some(token) = &added.bearer {
+                println!("bearer token (shown once; also in the 0600 token file next to the key):");
+                println!("{}", token.expose());
+            }
+            exit::OK
+        }
+        Err(error @ (OperatorError::BadName(_) | OperatorError::BadRole(_))) => {
+            eprintln!("error: {error}");
+            exit::USAGE
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            1
+        }
+    }
+}
