@@ -228,6 +228,7 @@ impl AgentService for AgentApi {
                         break;
                     }
                 };
+                let reported_ms = message.interval_ms;
                 let result = match convert::heartbeat(message) {
                     Ok(hb) if hb.machine_id != machine_id => Err(Status::invalid_argument(format!(
                         "this stream belongs to machine {machine_id}, not {}; open one stream per machine",
@@ -240,7 +241,7 @@ impl AgentService for AgentApi {
                     let _ = directives.send(Err(error)).await;
                     break;
                 }
-                pressure.check(&directives);
+                pressure.check(&directives, reported_ms);
             }
             tracing::debug!(%machine_id, "heartbeat stream closed");
         });
@@ -275,15 +276,18 @@ impl Pressure {
         Pressure { fleet, machine_id, original_ms: None }
     }
 
-    fn check(&mut self, directives: &mpsc::Sender<Result<pb::Directive, Status>>) {
+    /// `reported_ms` is the interval the agent says it samples at (0: it did not say, so the
+    /// configured one is assumed).
+    fn check(&mut self, directives: &mpsc::Sender<Result<pb::Directive, Status>>, reported_ms: u32) {
         let (depth, capacity) = self.fleet.write_queue();
         let configured = self.fleet.settings().heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32;
-        match decide(depth, capacity, self.original_ms, configured) {
+        let current = if reported_ms > 0 { reported_ms } else { configured };
+        match decide(depth, capacity, self.original_ms, current) {
             Some(Decision::SlowDown { interval_ms }) => {
                 let directive = convert::set_interval(interval_ms, "coordinator under load");
                 if directives.try_send(Ok(directive)).is_ok() {
                     self.fleet.note_interval(&self.machine_id, interval_ms);
-                    self.original_ms = Some(configured);
+                    self.original_ms = Some(current);
                     tracing::info!(machine_id = %self.machine_id, interval_ms, depth, "slowing agent down");
                 }
             }
@@ -306,12 +310,13 @@ enum Decision {
     Restore { interval_ms: u32 },
 }
 
-/// Above three quarters of the queue, slow down (twice the interval, capped); below a quarter,
-/// restore the interval the agent had. Between the two marks nothing changes, so agents do not flap.
-fn decide(depth: usize, capacity: usize, slowed_from: Option<u32>, configured_ms: u32) -> Option<Decision> {
+/// Above three quarters of the queue, slow down (twice the agent's current interval, capped);
+/// below a quarter, restore the interval it had. Between the two marks nothing changes, so agents
+/// do not flap.
+fn decide(depth: usize, capacity: usize, slowed_from: Option<u32>, current_ms: u32) -> Option<Decision> {
     match slowed_from {
         None if depth * 4 >= capacity * 3 => {
-            Some(Decision::SlowDown { interval_ms: configured_ms.saturating_mul(2).min(MAX_SLOWED_INTERVAL_MS) })
+            Some(Decision::SlowDown { interval_ms: current_ms.saturating_mul(2).min(MAX_SLOWED_INTERVAL_MS) })
         }
         Some(original) if depth * 4 <= capacity => Some(Decision::Restore { interval_ms: original }),
         _ => None,

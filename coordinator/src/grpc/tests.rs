@@ -431,7 +431,8 @@ async fn a_full_write_queue_slows_agents_down_and_a_drained_one_restores_them() 
         let message = || pb::HeartbeatRequest {
             machine_id: machine_id.clone(),
             samples: vec![healthy_sample()],
-            interval_ms: 5000,
+            // The agent runs at its own interval, not the configured 5 s: backpressure doubles its own.
+            interval_ms: 2000,
             dropped_samples: 0,
         };
         let (sender, receiver) = mpsc::channel(32);
@@ -443,7 +444,7 @@ async fn a_full_write_queue_slows_agents_down_and_a_drained_one_restores_them() 
         }
         let slow = directives.next().await.expect("a directive").unwrap();
         let Some(pb::directive::Kind::SetInterval(slow)) = slow.kind else { panic!("not SetInterval: {slow:?}") };
-        assert_eq!(slow.interval_ms, 10_000);
+        assert_eq!(slow.interval_ms, 4000);
         assert_eq!(slow.reason, "coordinator under load");
 
         gate.add_permits(1000);
@@ -456,7 +457,7 @@ async fn a_full_write_queue_slows_agents_down_and_a_drained_one_restores_them() 
             }
         };
         let Some(pb::directive::Kind::SetInterval(restored)) = restored.kind else { panic!("not SetInterval") };
-        assert_eq!(restored.interval_ms, 5000);
+        assert_eq!(restored.interval_ms, 2000);
         drop(sender);
     })
     .await
