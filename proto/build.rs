@@ -13,13 +13,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("PROTOC", protoc)
     };
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let files = [
-        "proto/metalfleet/v1/common.proto",
-        "proto/metalfleet/v1/agent.proto",
-        "proto/metalfleet/v1/fleet.proto",
-        "proto/metalfleet/v1/router.proto",
-        "proto/metalfleet/v1/security.proto",
-    ];
+    // Every .proto file of the package, so a new service needs no edit here.
+    let dir = "proto/metalfleet/v1";
+    println!("cargo:rerun-if-changed={dir}");
+    let mut files: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+        .map(|path| path.display().to_string())
+        .collect();
+    files.sort();
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }
