@@ -104,7 +104,8 @@ pub async fn run_with_buffer(config: Config, stop: CancellationToken, buffer: Sh
     let sampled = Arc::new(Notify::new());
     let sampler = Sampler::new()?;
     // With TLS the agent has a key of its own from the first start on; plaintext has no use for one.
-    let identity = if config.insecure || config.dry_run { None } else { Some(Identity::load_or_create(&config.state_dir)?) };
+    let identity =
+        if config.insecure || config.dry_run { None } else { Some(Identity::load_or_create(&config.state_dir)?) };
     let sampler_task = tokio::spawn(sample_loop(SampleLoop {
         sampler,
         buffer: buffer.clone(),

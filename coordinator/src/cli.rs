@@ -156,7 +156,10 @@ pub fn client_settings(target: &Target) -> Result<ClientSettings, CliError> {
     let identity = match (&target.cert_file, &target.key_file, target.url.starts_with("https://")) {
         (Some(cert), Some(key), true) => {
             let cert_pem = std::fs::read_to_string(cert).map_err(|e| {
-                CliError::Usage(format!("cannot read the certificate {}: {e}; check cert_file in client.toml", cert.display()))
+                CliError::Usage(format!(
+                    "cannot read the certificate {}: {e}; check cert_file in client.toml",
+                    cert.display()
+                ))
             })?;
             let key_pem = crate::secret::read_private(key).map_err(|e| CliError::Usage(e.to_string()))?;
             Some((cert_pem, key_pem))

@@ -174,10 +174,7 @@ fn refuse_if_shared(path: &Path) -> Result<(), Error> {
     match crate::secret::check_private(path) {
         Err(crate::secret::SecretFileError::TooOpen { mode, .. }) => Err(Error::ApiKey {
             path: path.to_owned(),
-            reason: format!(
-                "it is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
-                path.display()
-            ),
+            reason: format!("it is readable by group or others (mode {mode:04o}); run `chmod 600 {}`", path.display()),
         }),
         // A missing or unreadable file is reported by the read that follows.
         _ => Ok(()),

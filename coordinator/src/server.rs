@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::auth::{OperatorGate, Security};
 use crate::client_config::{self, ClientConfig};
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetError, FleetSettings};
 use crate::grpc::agent_service::AgentApi;
 use crate::grpc::fleet_service::FleetApi;
-use crate::auth::{OperatorGate, Security};
 use crate::grpc::security_service::{self, SecurityApi};
 use crate::pki::{self, PkiError};
 use crate::poller::{self, EventSink};
@@ -192,15 +192,18 @@ pub async fn prepare_with_stores(
     if let Some(view) = maas_view {
         fleet_api = fleet_api.with_maas(view);
     }
-    let operators = FleetServiceServer::new(fleet_api)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let operators =
+        FleetServiceServer::new(fleet_api).max_decoding_message_size(limit).max_encoding_message_size(limit);
     let operators = OperatorGate::new(operators, security.clone(), crate::auth::FLEET_STATE_CHANGING);
     let admin = SecurityServiceServer::new(SecurityApi::new(fleet.clone(), security.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let admin = OperatorGate::new(admin, security.clone(), security_service::STATE_CHANGING);
-    let router = builder.add_service(health_service).add_service(reflection).add_service(agents).add_service(operators)
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(agents)
+        .add_service(operators)
         .add_service(admin);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -157,8 +157,13 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<i32, CliError> {
-    let global =
-        GlobalArgs { config: cli.config, coordinator: cli.coordinator, ca_file: cli.ca_file, insecure: cli.insecure, token_file: cli.token_file };
+    let global = GlobalArgs {
+        config: cli.config,
+        coordinator: cli.coordinator,
+        ca_file: cli.ca_file,
+        insecure: cli.insecure,
+        token_file: cli.token_file,
+    };
     let target = cli::resolve_target(&global, &ProcessEnv)?;
     let settings = cli::client_settings(&target)?;
     tracing::debug!(url = %target.url, config = ?target.from_file, "connecting");

@@ -11,9 +11,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use super::convert;
 
 mod security;
-pub use security::{AgentCert, AuditEntry, TokenInfo};
 use crate::domain::maas::{MaasMachine, MaasSyncStatus};
 use crate::domain::{Event, MachineView};
+pub use security::{AgentCert, AuditEntry, TokenInfo};
 
 /// How to reach a coordinator.
 #[derive(Debug, Clone)]

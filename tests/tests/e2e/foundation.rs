@@ -75,8 +75,8 @@ impl Coordinator {
 
 /// Mints a single-use enrollment token with fleetctl and writes it to a 0600 file for the agent.
 fn token_file(coordinator: &Coordinator, dir: &Path, hostname: &str) -> Result<PathBuf> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let created = coordinator.fleetctl_json(&["tokens", "create", "--uses", "1", "--output", "json"])?;
     let token = created["token"].as_str().context("tokens create --output json has a token")?;
     let path = dir.join(format!("{hostname}.token"));

@@ -5,3 +5,4 @@
 
 mod foundation;
 mod maas;
+mod security;
