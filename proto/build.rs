@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Every .proto file of the package, so a new service needs no edit here.
     let dir = "proto/metalfleet/v1";
     println!("cargo:rerun-if-changed={dir}");
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
         .collect();
@@ -26,6 +26,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("metalfleet_descriptor.bin"))
-        .compile_protos(&files, &["proto"])?;
+        .compile_protos(&files, &[PathBuf::from("proto")])?;
     Ok(())
 }
