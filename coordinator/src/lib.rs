@@ -12,6 +12,7 @@
 //! - [`pki`]: the private CA and the server certificate.
 //! - [`poller`]: keeps the store's view of every MAAS machine current and turns MAAS changes into events.
 //! - [`client_config`]: `client.toml`, written by the server and read by fleetctl.
+//! - [`spec`]: expected hardware profiles (`[profiles.NAME]` in lab.toml).
 //! - [`server`]: `coordinator serve` wired together, with graceful shutdown.
 //! - [`enroll`], [`auth`], [`secret`], [`security_store`]: enrollment tokens, agent and operator
 //!   certificates, per-RPC checks, revocation, the audit log, and the redacting [`secret::Secret`].
@@ -35,6 +36,7 @@ pub mod poller;
 pub mod secret;
 pub mod security_store;
 pub mod server;
+pub mod spec;
 pub mod store;
 
 pub use server::serve;
