@@ -82,10 +82,12 @@ impl Identity {
                 if mode & 0o077 != 0 {
                     return Err(IdentityError::TooOpen { path, mode });
                 }
-                KeyPair::from_pem(&pem).map_err(|e| IdentityError::BadKey { path: path.clone(), reason: e.to_string() })?
+                KeyPair::from_pem(&pem)
+                    .map_err(|e| IdentityError::BadKey { path: path.clone(), reason: e.to_string() })?
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| IdentityError::Csr(e.to_string()))?;
+                let key =
+                    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| IdentityError::Csr(e.to_string()))?;
                 write_file(&path, &key.serialize_pem(), 0o600)?;
                 tracing::info!(path = %path.display(), "created the agent's private key");
                 key

@@ -33,7 +33,11 @@ pub fn operators_add(state_dir: &Path, name: &str, role: &str, bearer: bool, out
             println!("operator {} ({}) written to {}", added.name, added.role, added.dir.display());
             println!("  certificate: {}", added.cert_file.display());
             println!("  key:         {} (mode 0600)", added.key_file.display());
-            println!("  config:      {} (fleetctl --config {})", added.client_config.display(), added.client_config.display());
+            println!(
+                "  config:      {} (fleetctl --config {})",
+                added.client_config.display(),
+                added.client_config.display()
+            );
             if let Some(token) = &added.bearer {
                 println!("bearer token (shown once; also in the 0600 token file next to the key):");
                 println!("{}", token.expose());

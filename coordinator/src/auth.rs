@@ -290,11 +290,7 @@ impl Security {
     ///
     /// # Errors
     /// `UNAUTHENTICATED` without a valid credential.
-    pub async fn operator(
-        &self,
-        peer: Option<&PeerCert>,
-        headers: &http::HeaderMap,
-    ) -> Result<Operator, Status> {
+    pub async fn operator(&self, peer: Option<&PeerCert>, headers: &http::HeaderMap) -> Result<Operator, Status> {
         let store_error = |error: StoreError| {
             tracing::error!(%error, "operator store failure");
             Status::internal("the coordinator cannot check operators; see its log")
@@ -308,7 +304,9 @@ impl Security {
             let found = self.store.operator_by_token(enroll::hash_secret(token.trim())).await.map_err(store_error)?;
             return match found {
                 Some(record) => Ok(Operator { name: record.name, role: record.role }),
-                None => Err(Status::unauthenticated("unknown bearer token; ask an admin for `coordinator operators add`")),
+                None => {
+                    Err(Status::unauthenticated("unknown bearer token; ask an admin for `coordinator operators add`"))
+                }
             };
         }
         if let Some(peer) = peer

@@ -21,6 +21,8 @@ pub enum Health {
     Unreachable,
     /// Enrolled but never reported a sample.
     Unknown,
+    /// Its agent certificate was revoked (`fleetctl agents revoke`); it stays so until it enrolls again.
+    Revoked,
 }
 
 impl Health {
@@ -30,6 +32,7 @@ impl Health {
             Health::Degraded => "degraded",
             Health::Unreachable => "unreachable",
             Health::Unknown => "unknown",
+            Health::Revoked => "revoked",
         }
     }
 }
@@ -42,7 +45,7 @@ impl fmt::Display for Health {
 
 /// A health string that is not one of healthy, degraded, unreachable, unknown.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown health {0:?}; expected healthy, degraded, unreachable or unknown")]
+#[error("unknown health {0:?}; expected healthy, degraded, unreachable, unknown or revoked")]
 pub struct UnknownHealth(pub String);
 
 impl FromStr for Health {
@@ -53,6 +56,7 @@ impl FromStr for Health {
             "degraded" => Ok(Health::Degraded),
             "unreachable" => Ok(Health::Unreachable),
             "unknown" => Ok(Health::Unknown),
+            "revoked" => Ok(Health::Revoked),
             other => Err(UnknownHealth(other.to_string())),
         }
     }

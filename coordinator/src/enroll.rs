@@ -232,7 +232,8 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn load_ca(state_dir: &Path) -> Result<(String, Secret), IssueError> {
     let cert_path = state_dir.join(crate::pki::CA_CERT);
     let key_path = state_dir.join(crate::pki::CA_KEY);
-    let cert = std::fs::read_to_string(&cert_path).map_err(|e| IssueError::Ca(format!("{}: {e}", cert_path.display())))?;
+    let cert =
+        std::fs::read_to_string(&cert_path).map_err(|e| IssueError::Ca(format!("{}: {e}", cert_path.display())))?;
     let key = std::fs::read_to_string(&key_path).map_err(|e| IssueError::Ca(format!("{}: {e}", key_path.display())))?;
     Ok((cert, Secret::new(key)))
 }
@@ -261,8 +262,8 @@ mod tests {
         asked.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
         let uri = format!("{MACHINE_URI}m-1");
-        let issued = sign_client_csr(&csr, &ca, &ca_key, "m-1", std::slice::from_ref(&uri), Duration::from_secs(60))
-            .unwrap();
+        let issued =
+            sign_client_csr(&csr, &ca, &ca_key, "m-1", std::slice::from_ref(&uri), Duration::from_secs(60)).unwrap();
         let identity = crate::auth::PeerCert::parse(&pem_der(&issued.certificate_pem)).unwrap();
         assert_eq!(identity.machine_id(), Some("m-1"));
         assert_eq!(identity.serial, issued.serial);

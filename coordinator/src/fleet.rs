@@ -278,6 +278,17 @@ impl Fleet {
         }
     }
 
+    /// Shows the machine as revoked (its certificates were revoked), with an event.
+    pub fn mark_revoked(&self, machine_id: &str) {
+        let mut machines = self.lock();
+        if let Some(live) = machines.get_mut(machine_id)
+            && let Some(pending) =
+                transition(live, Health::Revoked, vec!["agent certificate revoked".to_string()], Utc::now())
+        {
+            self.queue(pending);
+        }
+    }
+
     /// Heartbeats waiting to be written, and the queue's capacity.
     pub fn write_queue(&self) -> (usize, usize) {
         let capacity = self.writes.max_capacity();
@@ -289,7 +300,7 @@ impl Fleet {
         let at = Utc::now();
         let mut machines = self.lock();
         for live in machines.values_mut() {
-            if matches!(live.machine.health, Health::Unreachable | Health::Unknown) {
+            if matches!(live.machine.health, Health::Unreachable | Health::Unknown | Health::Revoked) {
                 continue;
             }
             let limit = health::silence_limit(live.machine.heartbeat_interval_ms, &self.settings.thresholds);

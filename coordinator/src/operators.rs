@@ -172,7 +172,10 @@ mod tests {
         assert_eq!(client.cert_file.as_deref(), Some(added.cert_file.as_path()));
         assert!(client.token_file.is_some());
 
-        assert!(matches!(add(dir.path(), &store, "../x", ROLE_ADMIN, false, None).await, Err(OperatorError::BadName(_))));
+        assert!(matches!(
+            add(dir.path(), &store, "../x", ROLE_ADMIN, false, None).await,
+            Err(OperatorError::BadName(_))
+        ));
         assert!(matches!(add(dir.path(), &store, "x", "root", false, None).await, Err(OperatorError::BadRole(_))));
 
         let first = ensure_local_admin(dir.path(), &store).await.unwrap();

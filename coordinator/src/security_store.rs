@@ -76,9 +76,9 @@ fn time_text(at: DateTime<Utc>) -> String {
 }
 
 fn parse_time(text: &str) -> rusqlite::Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 impl SecurityStore {
@@ -258,9 +258,8 @@ impl SecurityStore {
     /// Machines whose every certificate is revoked (shown as `revoked`).
     pub async fn revoked_machines(&self) -> Result<Vec<String>, StoreError> {
         self.with(|conn| {
-            let mut statement = conn.prepare(
-                "SELECT machine_id FROM agent_certs GROUP BY machine_id HAVING SUM(revoked_at IS NULL) = 0",
-            )?;
+            let mut statement = conn
+                .prepare("SELECT machine_id FROM agent_certs GROUP BY machine_id HAVING SUM(revoked_at IS NULL) = 0")?;
             let rows = statement.query_map([], |row| row.get(0))?.collect::<Result<Vec<String>, _>>()?;
             Ok(rows)
         })
@@ -290,11 +289,7 @@ impl SecurityStore {
     pub async fn operator(&self, name: String) -> Result<Option<OperatorRecord>, StoreError> {
         self.with(move |conn| {
             Ok(conn
-                .query_row(
-                    "SELECT name, role, cert_serial FROM operators WHERE name = ?1",
-                    params![name],
-                    operator_row,
-                )
+                .query_row("SELECT name, role, cert_serial FROM operators WHERE name = ?1", params![name], operator_row)
                 .optional()?)
         })
         .await

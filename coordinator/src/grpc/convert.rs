@@ -34,6 +34,7 @@ pub fn health_to_wire(health: Health) -> i32 {
         Health::Degraded => pb::Health::Degraded,
         Health::Unreachable => pb::Health::Unreachable,
         Health::Unknown => pb::Health::Unknown,
+        Health::Revoked => pb::Health::Revoked,
     };
     wire as i32
 }
@@ -48,6 +49,7 @@ pub fn health_from_wire(value: i32) -> Option<Health> {
         pb::Health::Degraded => Some(Health::Degraded),
         pb::Health::Unreachable => Some(Health::Unreachable),
         pb::Health::Unknown => Some(Health::Unknown),
+        pb::Health::Revoked => Some(Health::Revoked),
         pb::Health::Unspecified => None,
     }
 }

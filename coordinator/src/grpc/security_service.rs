@@ -81,8 +81,9 @@ impl SecurityService for SecurityApi {
         audit_args(&request, json!({ "ttl_seconds": ttl_seconds, "machine": machine, "uses": uses.max(1) }));
         let ttl = if ttl_seconds == 0 { self.security.config.token_ttl } else { Duration::from_secs(ttl_seconds) };
         let machine = (!machine.is_empty()).then_some(machine.as_str());
-        let (record, secret) =
-            crate::enroll::mint_token_by(&self.security.store, machine, ttl, uses, &created_by).await.map_err(store_status)?;
+        let (record, secret) = crate::enroll::mint_token_by(&self.security.store, machine, ttl, uses, &created_by)
+            .await
+            .map_err(store_status)?;
         tracing::info!(token_id = %record.id, machine = ?record.machine, uses = record.uses_left, "enrollment token created");
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(token_to_wire(&record)),
@@ -140,6 +141,7 @@ impl SecurityService for SecurityApi {
         audit_args(&request, json!({ "name": name }));
         let machine_id = self.resolve(&name)?;
         let count = self.security.revoke_machine(&machine_id).await.map_err(store_status)?;
+        self.fleet.mark_revoked(&machine_id);
         tracing::warn!(%machine_id, certificates = count, "agent certificates revoked");
         Ok(Response::new(pb::RevokeAgentResponse { machine_id, certificates_revoked: count }))
     }

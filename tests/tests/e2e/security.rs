@@ -117,6 +117,8 @@ fn tokens_enroll_once_revocation_shows_and_secrets_stay_out_of_logs_and_json() -
     wait_until("the agent told it is revoked", START, || {
         std::fs::read_to_string(&agent_log).ok().filter(|text| text.contains("certificate revoked"))
     })?;
+    let machines = coordinator.machines()?;
+    assert_eq!(machines[0]["health"], "revoked", "status shows the machine as revoked: {machines:?}");
 
     // Neither the token nor the agent key shows up in logs or JSON.
     let key_text = std::fs::read_to_string(&key)?;

@@ -71,7 +71,8 @@ impl FleetClient {
         let mut client = self.security.clone();
         let request = pb::CreateTokenRequest { ttl_seconds, machine: machine.unwrap_or_default().to_string(), uses };
         let response = self.unary(client.create_token(request)).await?;
-        let info = response.token.map(token).ok_or_else(|| ClientError::Usage("the coordinator sent no token".into()))?;
+        let info =
+            response.token.map(token).ok_or_else(|| ClientError::Usage("the coordinator sent no token".into()))?;
         Ok((info, Secret::new(response.secret)))
     }
 
