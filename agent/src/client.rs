@@ -127,6 +127,7 @@ pub async fn run_with_buffer(config: Config, stop: CancellationToken, buffer: Sh
             interval: interval_tx,
             sampled,
             identity: identity.as_ref(),
+            renew_now: std::sync::atomic::AtomicBool::new(false),
         };
         connection.run_forever(&inner).await;
     }
@@ -267,6 +268,8 @@ struct Connection<'a> {
     sampled: Arc<Notify>,
     /// The key and certificate; `None` with plaintext.
     identity: Option<&'a Identity>,
+    /// Set when the coordinator's CA bundle changed (a CA rotation): renew at once.
+    renew_now: std::sync::atomic::AtomicBool,
 }
 
 /// How long to wait after a failed renewal before trying again.
@@ -382,9 +385,10 @@ impl Connection<'_> {
         if let Err(error) = self.flush(&id, &tx).await {
             return broken(error);
         }
+        let rotated = self.renew_now.swap(false, std::sync::atomic::Ordering::SeqCst);
         let mut renew_at = cert.as_ref().map(|c| {
             let wait = c.renew_at().duration_since(std::time::SystemTime::now()).unwrap_or_default();
-            tokio::time::Instant::now() + wait
+            tokio::time::Instant::now() + if rotated { Duration::ZERO } else { wait }
         });
         loop {
             tokio::select! {
@@ -403,7 +407,12 @@ impl Connection<'_> {
                     }
                 }
                 message = directives.message() => match message {
-                    Ok(Some(directive)) => self.obey(&mut client, &id, directive).await,
+                    Ok(Some(directive)) => {
+                        self.obey(&mut client, &id, directive).await;
+                        if self.identity.is_some() && self.renew_now.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            renew_at = Some(tokio::time::Instant::now());
+                        }
+                    }
                     Ok(None) => return broken("the coordinator closed the heartbeat stream".into()),
                     Err(status) => {
                         forget_if_unknown(&status, machine_id);
@@ -515,6 +524,15 @@ impl Connection<'_> {
                 info!("client certificate stored; mTLS from now on");
                 true
             }
+            Some(identity) if has_cert && !response.ca_pem.is_empty() => {
+                let changed =
+                    identity.store_bundle(&response.ca_pem).map_err(|e| tonic::Status::internal(e.to_string()))?;
+                if changed {
+                    info!("the coordinator's CA bundle changed (CA rotation); renewing the certificate now");
+                    self.renew_now.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                false
+            }
             _ => false,
         };
         let machine_id = response.machine_id;
@@ -607,6 +625,10 @@ impl Connection<'_> {
                 let wanted = Duration::from_millis(u64::from(set.interval_ms)).max(MIN_INTERVAL);
                 info!(interval = ?wanted, reason = %set.reason, "coordinator set the heartbeat interval");
                 self.interval.send_replace(wanted);
+            }
+            Some(pb::directive::Kind::RenewCertificate(renew)) => {
+                info!(reason = %renew.reason, "coordinator asked for a certificate renewal");
+                self.renew_now.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             Some(pb::directive::Kind::SendInventory(send)) => {
                 info!(reason = %send.reason, "coordinator asked for the inventory");

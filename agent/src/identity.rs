@@ -134,6 +134,20 @@ impl Identity {
         write_file(&self.dir.join(CERT_FILE), cert_pem, 0o644)
     }
 
+    /// Stores the coordinator's CA bundle; returns whether it differs from the one stored before
+    /// (a CA rotation: the agent then renews onto the new CA).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn store_bundle(&self, ca_pem: &str) -> Result<bool, IdentityError> {
+        let path = self.dir.join(CA_FILE);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(ca_pem) {
+            return Ok(false);
+        }
+        write_file(&path, ca_pem, 0o644)?;
+        Ok(true)
+    }
+
     /// Forgets the certificate (after it was revoked): the next enrollment needs a token.
     pub fn forget_certificate(&self) {
         let _ = std::fs::remove_file(self.dir.join(CERT_FILE));

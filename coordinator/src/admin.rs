@@ -1,4 +1,5 @@
-//! The coordinator's admin commands that work on the state directory directly (`operators add`).
+//! The coordinator's admin commands that work on the state directory directly (`operators add`,
+//! `ca rotate|retire-old`, `backup`, `restore`).
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,25 @@ pub fn operators_add(state_dir: &Path, name: &str, role: &str, bearer: bool, out
             exit::OK
         }
         Err(error @ (OperatorError::BadName(_) | OperatorError::BadRole(_))) => {
+            eprintln!("error: {error}");
+            exit::USAGE
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            1
+        }
+    }
+}
+
+/// Prints the outcome of an admin command; returns the exit code.
+pub fn report(result: Result<&str, crate::rotation::RotationError>) -> i32 {
+    use crate::rotation::RotationError;
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            exit::OK
+        }
+        Err(error @ (RotationError::NoCa(_) | RotationError::NotEmpty(_) | RotationError::NotABackup(_))) => {
             eprintln!("error: {error}");
             exit::USAGE
         }

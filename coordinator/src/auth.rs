@@ -115,7 +115,9 @@ pub struct Security {
     pub config: EnrollConfig,
     /// Plaintext serving: there are no certificates, so nothing is checked (with a loud warning at start).
     pub insecure: bool,
-    state_dir: std::path::PathBuf,
+    /// The signing CA (certificate, key) and the bundle of every trusted CA, read once at start so
+    /// a `coordinator ca rotate` on disk takes effect only with the TLS settings, at the next start.
+    ca: Option<(String, Secret, String)>,
     revoked: RwLock<HashSet<String>>,
     revoked_machines: RwLock<HashSet<String>>,
     revocations: broadcast::Sender<String>,
@@ -137,11 +139,26 @@ impl Security {
         let revoked_machines = store.revoked_machines().await?.into_iter().collect();
         let (revocations, _) = broadcast::channel(64);
         let limiter = RateLimiter::new(config.enroll_per_minute);
+        let ca = if insecure {
+            None
+        } else {
+            match (enroll::load_ca(&state_dir), crate::rotation::trust_bundle(&state_dir)) {
+                (Ok((cert, key)), Ok(bundle)) => Some((cert, key, bundle)),
+                (Err(error), _) => {
+                    tracing::error!(%error, "cannot read the CA; agents cannot enroll");
+                    None
+                }
+                (_, Err(error)) => {
+                    tracing::error!(%error, "cannot read the CA bundle; agents cannot enroll");
+                    None
+                }
+            }
+        };
         Ok(Arc::new(Security {
             store,
             config,
             insecure,
-            state_dir,
+            ca,
             revoked: RwLock::new(revoked),
             revoked_machines: RwLock::new(revoked_machines),
             revocations,
@@ -149,15 +166,26 @@ impl Security {
         }))
     }
 
-    /// The CA certificate(s) and key used to sign client certificates.
+    /// The signing CA's certificate and key, and the bundle of every CA agents should trust.
     ///
     /// # Errors
-    /// `INTERNAL` when the CA files cannot be read.
-    pub fn ca(&self) -> Result<(String, Secret), Status> {
-        enroll::load_ca(&self.state_dir).map_err(|error| {
-            tracing::error!(%error, "cannot read the CA");
-            Status::internal("the coordinator cannot read its CA; see its log")
-        })
+    /// `INTERNAL` when the CA could not be read at start.
+    pub fn ca(&self) -> Result<(&str, &Secret, &str), Status> {
+        self.ca
+            .as_ref()
+            .map(|(cert, key, bundle)| (cert.as_str(), key, bundle.as_str()))
+            .ok_or_else(|| Status::internal("the coordinator cannot read its CA; see its log"))
+    }
+
+    /// Whether a client certificate (DER) was signed by the CA that signs now; false during a CA
+    /// rotation for certificates of the old CA, whose holders are then asked to renew.
+    pub fn signed_by_current_ca(&self, der: &[u8]) -> bool {
+        let Some((ca_pem, _, _)) = &self.ca else { return true };
+        let Ok((_, ca)) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()) else { return true };
+        let (Ok(ca), Ok((_, cert))) = (ca.parse_x509(), x509_parser::parse_x509_certificate(der)) else {
+            return true;
+        };
+        cert.verify_signature(Some(ca.public_key())).is_ok()
     }
 
     pub fn is_revoked(&self, serial: &str) -> bool {

@@ -225,13 +225,13 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads the CA certificate and key from the state directory.
+/// Reads the signing CA's certificate and key from the state directory.
 ///
 /// # Errors
 /// [`IssueError::Ca`] when a file is missing or unreadable.
 pub fn load_ca(state_dir: &Path) -> Result<(String, Secret), IssueError> {
-    let cert_path = state_dir.join(crate::pki::CA_CERT);
-    let key_path = state_dir.join(crate::pki::CA_KEY);
+    // During a CA rotation the new CA signs (see crate::rotation).
+    let (cert_path, key_path) = crate::rotation::signing_ca_paths(state_dir);
     let cert =
         std::fs::read_to_string(&cert_path).map_err(|e| IssueError::Ca(format!("{}: {e}", cert_path.display())))?;
     let key = std::fs::read_to_string(&key_path).map_err(|e| IssueError::Ca(format!("{}: {e}", key_path.display())))?;

@@ -33,6 +33,7 @@ pub mod maas;
 pub mod operators;
 pub mod pki;
 pub mod poller;
+pub mod rotation;
 pub mod secret;
 pub mod security_store;
 pub mod server;

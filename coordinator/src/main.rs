@@ -25,6 +25,36 @@ enum Command {
         #[command(subcommand)]
         command: OperatorsCommand,
     },
+    /// The private CA: rotate it without re-enrolling agents.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        /// The coordinator's state directory [env: METALFLEET_STATE_DIR].
+        #[arg(long, value_name = "DIR", global = true)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Copy the store (online, consistent), the CA, keys and certificates into DIR while the server runs.
+    Backup {
+        dir: PathBuf,
+        /// The coordinator's state directory [env: METALFLEET_STATE_DIR].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Restore a backup into a fresh (empty or absent) state directory.
+    Restore {
+        dir: PathBuf,
+        /// The state directory to create [env: METALFLEET_STATE_DIR].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make a new CA: it signs agent certificates from the next start, both CAs are trusted.
+    Rotate,
+    /// Finish a rotation: drop the old CA and issue the server certificate from the new one.
+    RetireOld,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +99,12 @@ struct ServeArgs {
     maas_api_key_file: Option<PathBuf>,
 }
 
+/// The state directory of an admin command: the flag, then METALFLEET_STATE_DIR, then the default.
+fn admin_state_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("METALFLEET_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(coordinator::config::DEFAULT_STATE_DIR))
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -81,10 +117,28 @@ fn main() {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Operators { command: OperatorsCommand::Add { name, role, bearer, state_dir, out } } => {
-            let state_dir = state_dir
-                .or_else(|| std::env::var_os("METALFLEET_STATE_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(coordinator::config::DEFAULT_STATE_DIR));
+            let state_dir = admin_state_dir(state_dir);
             std::process::exit(coordinator::admin::operators_add(&state_dir, &name, &role, bearer, out));
+        }
+        Command::Ca { command, state_dir } => {
+            let state_dir = admin_state_dir(state_dir);
+            let result = match command {
+                CaCommand::Rotate => coordinator::rotation::rotate(&state_dir).map(|()| {
+                    "new CA made (ca-next.pem); restart the coordinator, let agents renew (`fleetctl agents list`), \
+                     then run `coordinator ca retire-old` and restart again"
+                }),
+                CaCommand::RetireOld => coordinator::rotation::retire_old(&state_dir)
+                    .map(|()| "old CA retired; restart the coordinator to serve a certificate from the new CA"),
+            };
+            std::process::exit(coordinator::admin::report(result));
+        }
+        Command::Backup { dir, state_dir } => {
+            let result = coordinator::rotation::backup(&admin_state_dir(state_dir), &dir).map(|()| "backup written");
+            std::process::exit(coordinator::admin::report(result));
+        }
+        Command::Restore { dir, state_dir } => {
+            let result = coordinator::rotation::restore(&dir, &admin_state_dir(state_dir)).map(|()| "restored");
+            std::process::exit(coordinator::admin::report(result));
         }
     };
     let overrides = Overrides { listen: args.listen, state_dir: args.state_dir, insecure: args.insecure };

@@ -139,11 +139,16 @@ pub async fn ensure_local_admin(state_dir: &Path, store: &SecurityStore) -> Resu
     let cert_file = dir.join(format!("{LOCAL_ADMIN}.pem"));
     let key_file = dir.join(format!("{LOCAL_ADMIN}.key"));
     let existing = store.operator(LOCAL_ADMIN.to_string()).await?;
+    let (ca_pem, _) = enroll::load_ca(state_dir)?;
     let current = match (&existing, std::fs::read_to_string(&cert_file)) {
-        (Some(record), Ok(pem)) if key_file.exists() => x509_parser::pem::parse_x509_pem(pem.as_bytes())
-            .ok()
-            .and_then(|(_, parsed)| crate::auth::PeerCert::parse(&parsed.contents))
-            .is_some_and(|peer| record.cert_serial.as_deref() == Some(peer.serial.as_str())),
+        (Some(record), Ok(pem)) if key_file.exists() => {
+            let known = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .ok()
+                .and_then(|(_, parsed)| crate::auth::PeerCert::parse(&parsed.contents))
+                .is_some_and(|peer| record.cert_serial.as_deref() == Some(peer.serial.as_str()));
+            // After a CA rotation the old certificate is no longer trusted: issue one from the new CA.
+            known && signed_by(&pem, &ca_pem)
+        }
         _ => false,
     };
     if !current {
@@ -151,6 +156,18 @@ pub async fn ensure_local_admin(state_dir: &Path, store: &SecurityStore) -> Resu
         tracing::info!(path = %cert_file.display(), "created the local admin operator's certificate");
     }
     Ok(LocalAdmin { cert_file, key_file })
+}
+
+/// Whether the PEM certificate `cert` was signed by the CA `ca`.
+fn signed_by(cert: &str, ca: &str) -> bool {
+    let parse = |pem: &str| x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok().map(|(_, p)| p.contents);
+    let (Some(cert), Some(ca)) = (parse(cert), parse(ca)) else { return false };
+    let (Ok((_, cert)), Ok((_, ca))) =
+        (x509_parser::parse_x509_certificate(&cert), x509_parser::parse_x509_certificate(&ca))
+    else {
+        return false;
+    };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
 }
 
 #[cfg(test)]

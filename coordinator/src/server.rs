@@ -142,9 +142,6 @@ pub async fn prepare_with_stores(
         .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
-    let security_store = crate::security_store::SecurityStore::open(&config.state_dir)?;
-    let security =
-        Security::load(security_store, config.enroll.clone(), config.insecure, config.state_dir.clone()).await?;
     let ca_file = if config.insecure {
         tracing::warn!(
             "serving plaintext gRPC (--insecure): NO enrollment tokens, NO client certificates, NO operator \
@@ -155,9 +152,11 @@ pub async fn prepare_with_stores(
         let pki = pki::ensure(&config.state_dir, &config.tls.extra_sans)?;
         // Client certificates are optional at the handshake (Enroll with a token has none yet); when
         // one is presented rustls verifies it against our CA, and each RPC says what it needs.
+        // During a CA rotation client certificates of both CAs are trusted (see crate::rotation).
+        let bundle = crate::rotation::trust_bundle(&config.state_dir).unwrap_or_else(|_| pki.ca_pem.clone());
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&pki.cert_pem, &pki.key_pem))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&bundle))
             .client_auth_optional(true);
         builder = builder.tls_config(tls)?;
         if !config.enroll.require_token {
@@ -165,6 +164,9 @@ pub async fn prepare_with_stores(
         }
         Some(pki.ca_path)
     };
+    let security_store = crate::security_store::SecurityStore::open(&config.state_dir)?;
+    let security =
+        Security::load(security_store, config.enroll.clone(), config.insecure, config.state_dir.clone()).await?;
     let client_path = config.state_dir.join(client_config::FILE_NAME);
     let mut client = ClientConfig::for_listener(bound, ca_file, config.insecure);
     if !config.insecure {

@@ -53,15 +53,15 @@ impl AgentApi {
         machine: &crate::domain::Machine,
         csr_pem: &str,
     ) -> Result<(String, String), Status> {
-        let (ca_pem, ca_key) = security.ca()?;
+        let (ca_pem, ca_key, bundle) = security.ca()?;
         let mut uris = vec![format!("{}{}", crate::enroll::MACHINE_URI, machine.id)];
         if let Some(system_id) = &machine.system_id {
             uris.push(format!("metalfleet:system:{system_id}"));
         }
         let issued = crate::enroll::sign_client_csr(
             csr_pem,
-            &ca_pem,
-            &ca_key,
+            ca_pem,
+            ca_key,
             &machine.hostname,
             &uris,
             security.config.cert_lifetime,
@@ -80,7 +80,7 @@ impl AgentApi {
         })?;
         security.unrevoke_machine(&machine.id);
         tracing::info!(machine_id = %machine.id, serial = %issued.serial, not_after = %issued.not_after, "agent certificate issued");
-        Ok((issued.certificate_pem, ca_pem))
+        Ok((issued.certificate_pem, bundle.to_string()))
     }
 }
 
@@ -185,7 +185,8 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
-        let peer = Security::peer(request.peer_certs());
+        let peer_certs = request.peer_certs();
+        let peer = Security::peer(peer_certs.clone());
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -203,6 +204,19 @@ impl AgentService for AgentApi {
         let (directives, outbound) = mpsc::channel(DIRECTIVE_BUFFER);
         let mut pressure = Pressure::new(self.fleet.clone(), machine_id.clone());
         pressure.check(&directives, first_interval_ms);
+        let old_ca = match (&self.security, peer_certs.as_ref().and_then(|certs| certs.first())) {
+            (Some(security), Some(der)) => !security.signed_by_current_ca(der),
+            _ => false,
+        };
+        if old_ca {
+            tracing::info!(%machine_id, "certificate from the CA being retired; asking the agent to renew");
+            let _ = directives.try_send(Ok(pb::Directive {
+                kind: Some(pb::directive::Kind::RenewCertificate(pb::RenewCertificate {
+                    reason: "CA rotation: renew onto the new CA".into(),
+                })),
+                issued_at: Some(convert::timestamp(chrono::Utc::now())),
+            }));
+        }
         let fleet = self.fleet.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {

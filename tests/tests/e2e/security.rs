@@ -13,7 +13,7 @@ use serde_json::Value;
 const START: Duration = Duration::from_secs(30);
 
 struct Coordinator {
-    _proc: Proc,
+    proc: Proc,
     addr: std::net::SocketAddr,
     state: PathBuf,
     log: PathBuf,
@@ -21,14 +21,19 @@ struct Coordinator {
 
 impl Coordinator {
     fn start(dir: &Path) -> Result<Self> {
-        let state = dir.join("state");
+        Self::start_on(dir, &dir.join("state"), "127.0.0.1:0")
+    }
+
+    /// Starts on `listen` with `state`, appending to the log (a restart keeps the earlier lines).
+    fn start_on(dir: &Path, state: &Path, listen: &str) -> Result<Self> {
+        let state = state.to_path_buf();
         let log = dir.join("coordinator.log");
         let mut command = Command::new(bin("coordinator"));
-        command.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"]).arg(&state);
-        command.stderr(std::fs::File::create(&log)?);
+        command.args(["serve", "--listen", listen, "--state-dir"]).arg(&state);
+        command.stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?);
         let mut proc = Proc::spawn("coordinator", command)?;
         let addr = proc.wait_listening(START)?;
-        Ok(Coordinator { _proc: proc, addr, state, log })
+        Ok(Coordinator { proc, addr, state, log })
     }
 
     fn fleetctl_as(&self, client_toml: &Path, args: &[&str]) -> Result<std::process::Output> {
@@ -188,5 +193,105 @@ fn a_maas_api_key_file_readable_by_others_is_refused_at_start_with_the_fix() -> 
     assert!(message.contains("(mode 0644)"), "{message}");
     assert!(message.contains(&format!("chmod 600 {}", key.display())), "{message}");
     assert!(!message.contains("secret"), "the key itself is not printed: {message}");
+    Ok(())
+}
+
+fn admin_command(args: &[&str], state: &Path) -> Result<std::process::Output> {
+    let mut command = Command::new(bin("coordinator"));
+    command.args(args).arg("--state-dir").arg(state);
+    let output = run(command, Duration::from_secs(30))?;
+    if !output.status.success() {
+        bail!("coordinator {args:?} failed ({}): {}", output.status, stderr(&output));
+    }
+    Ok(output)
+}
+
+/// Waits until every named machine reported after `after` (RFC 3339 `last_seen`).
+fn reporting_after(coordinator: &Coordinator, names: &[&str], after: chrono::DateTime<chrono::Utc>) -> Option<()> {
+    let machines = coordinator.machines().ok()?;
+    let fresh = |name: &&str| {
+        machines.iter().any(|m| {
+            m["hostname"] == *name
+                && m["last_seen"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t > after)
+        })
+    };
+    names.iter().all(fresh).then_some(())
+}
+
+#[test]
+fn ca_rotation_keeps_agents_reporting_and_they_renew_onto_the_new_ca() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let mut coordinator = Coordinator::start(dir.path())?;
+    let listen = coordinator.addr.to_string();
+    let names = ["rot1", "rot2"];
+    let mut agents = Vec::new();
+    for name in names {
+        let (token, _) = coordinator.token_file(dir.path(), name)?;
+        let (mut agent, _) = coordinator.agent(dir.path(), name, Some(&token))?;
+        agent.wait_for_line("enrolled machine_id=", START)?;
+        agents.push(agent);
+    }
+    let serials = |c: &Coordinator| -> Result<usize> {
+        Ok(c.admin_json(&["agents", "list", "--output", "json"])?["agents"].as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(serials(&coordinator)?, 2);
+
+    // Step 1: a new CA, effective at the restart; agents are asked to renew onto it.
+    admin_command(&["ca", "rotate"], &state)?;
+    assert!(coordinator.proc.terminate(Duration::from_secs(15))?.success());
+    let coordinator = Coordinator::start_on(dir.path(), &state, &listen)?;
+    let restarted = chrono::Utc::now();
+    wait_until("agents reporting after the rotation", START, || reporting_after(&coordinator, &names, restarted))?;
+    wait_until("both agents renewed onto the new CA", START, || (serials(&coordinator).ok()? >= 4).then_some(()))?;
+
+    // Step 2: the old CA goes; the server certificate now comes from the new CA.
+    let mut coordinator = coordinator;
+    admin_command(&["ca", "retire-old"], &state)?;
+    assert!(coordinator.proc.terminate(Duration::from_secs(15))?.success());
+    let coordinator = Coordinator::start_on(dir.path(), &state, &listen)?;
+    let restarted = chrono::Utc::now();
+    wait_until("agents reporting after the old CA retired", START, || {
+        reporting_after(&coordinator, &names, restarted)
+    })?;
+    let machines = coordinator.machines()?;
+    assert_eq!(machines.len(), 2, "no agent enrolled twice: {machines:?}");
+    Ok(())
+}
+
+#[test]
+fn backup_while_agents_report_then_restore_into_a_fresh_state_directory() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coordinator = Coordinator::start(dir.path())?;
+    let (token, _) = coordinator.token_file(dir.path(), "keep")?;
+    let (mut agent, _) = coordinator.agent(dir.path(), "keep", Some(&token))?;
+    agent.wait_for_line("enrolled machine_id=", START)?;
+    let shown = |c: &Coordinator| -> Option<usize> {
+        let show = c.admin_json(&["machines", "show", "keep", "--output", "json"]).ok()?;
+        show["history"].as_array().map(Vec::len).filter(|n| *n >= 2)
+    };
+    wait_until("a few samples stored", START, || shown(&coordinator))?;
+
+    let backup = dir.path().join("backup");
+    admin_command(&["backup", backup.to_str().context("utf-8 path")?], &coordinator.state)?;
+    let history_at_backup = shown(&coordinator).context("history")?;
+    let certs_at_backup = coordinator.admin_json(&["agents", "list", "--output", "json"])?;
+
+    let restored = dir.path().join("restored");
+    admin_command(&["restore", backup.to_str().context("utf-8 path")?], &restored)?;
+    let second = dir.path().join("second");
+    std::fs::create_dir_all(&second)?;
+    let copy = Coordinator::start_on(&second, &restored, "127.0.0.1:0")?;
+    let machines = copy.machines()?;
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    assert_eq!(machines[0]["hostname"], "keep");
+    let history = shown(&copy).context("history restored")?;
+    assert!(history >= 2 && history <= history_at_backup + 2, "history {history} vs {history_at_backup}");
+    let certs = copy.admin_json(&["agents", "list", "--output", "json"])?;
+    assert_eq!(certs["agents"], certs_at_backup["agents"], "certificates intact");
+    assert_eq!(std::fs::read(restored.join("ca.pem"))?, std::fs::read(coordinator.state.join("ca.pem"))?);
     Ok(())
 }
