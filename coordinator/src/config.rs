@@ -55,6 +55,9 @@ pub struct Config {
     /// Enrollment tokens and agent certificates (see [`crate::enroll::EnrollConfig`]).
     #[serde(default)]
     pub enroll: crate::enroll::EnrollConfig,
+    /// The lab plan's reconciliation and waits (see [`crate::plan::LabConfig`]).
+    #[serde(default)]
+    pub lab: crate::plan::LabConfig,
 }
 
 /// When a machine counts as degraded.

@@ -6,6 +6,7 @@ pub mod agent_service;
 pub mod client;
 pub mod convert;
 pub mod fleet_service;
+pub mod lab_service;
 pub mod security_service;
 
 use tonic::Status;

@@ -32,6 +32,7 @@ pub mod health;
 pub mod maas;
 pub mod operators;
 pub mod pki;
+pub mod plan;
 pub mod poller;
 pub mod rotation;
 pub mod secret;

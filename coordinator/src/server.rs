@@ -191,12 +191,43 @@ pub async fn prepare_with_stores(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let mut fleet_api = FleetApi::new(fleet.clone(), stop.clone());
+    let lab_view = maas_view.clone();
     if let Some(view) = maas_view {
         fleet_api = fleet_api.with_maas(view);
     }
     let operators =
         FleetServiceServer::new(fleet_api).max_decoding_message_size(limit).max_encoding_message_size(limit);
     let operators = OperatorGate::new(operators, security.clone(), crate::auth::FLEET_STATE_CHANGING);
+    // The lab plan (issue 6): its own MAAS client, and the reconciliation task against the last applied plan.
+    let lab_maas = match &config.maas {
+        Some(maas) => match crate::maas::Client::new(maas) {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::warn!(%error, "the lab plan has no MAAS client");
+                None
+            }
+        },
+        None => None,
+    };
+    let reconciler = crate::plan::reconcile::Reconciler {
+        state_dir: config.state_dir.clone(),
+        maas: lab_maas.clone(),
+        events: fleet.clone(),
+        interval: config.lab.reconcile_interval,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    tokio::spawn(reconciler.run(stop.child_token()));
+    let lab = crate::grpc::lab_service::LabApi::new(
+        lab_maas,
+        lab_view,
+        fleet.clone(),
+        config.state_dir.clone(),
+        config.lab,
+    );
+    let lab = proto::v1::lab_service_server::LabServiceServer::new(lab)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let lab = OperatorGate::new(lab, security.clone(), crate::grpc::lab_service::STATE_CHANGING);
     let admin = SecurityServiceServer::new(SecurityApi::new(fleet.clone(), security.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -206,7 +237,8 @@ pub async fn prepare_with_stores(
         .add_service(reflection)
         .add_service(agents)
         .add_service(operators)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(lab);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller })

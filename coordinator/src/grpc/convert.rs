@@ -3,6 +3,7 @@
 //! Messages are destructured field by field, so a new proto field breaks the build here until
 //! someone decides what it means.
 
+pub mod lab;
 pub mod maas;
 
 use chrono::{DateTime, Utc};

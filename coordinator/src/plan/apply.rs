@@ -1,0 +1,264 @@
+//! Runs a plan's steps in order with progress, stopping at the first failure with what failed, why, and what is left.
+
+use std::time::{Duration, Instant};
+
+use proto::v1 as pb;
+use router_shim::client::Client as ShimClient;
+use router_shim::probe::{self, ProbeRequest};
+use tokio::sync::mpsc;
+
+use super::diff::Op;
+use super::{Plan, Step};
+use crate::maas::{self, CommissionOptions, DnssecValidation, NodeStatus, SubnetRef, VlanUpdate};
+
+/// One thing `apply` tells its caller while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// The plan about to be applied (every step, unchanged ones included).
+    Planned(Plan),
+    Started { index: usize, total: usize, step: Step },
+    /// A long step's progress: `current` of `goal` (percent for images, machines Ready for commissioning).
+    Working { index: usize, current: u64, goal: u64, message: String },
+    Done { index: usize, step: Step },
+    /// The apply stopped at this step; `left` are the steps not done.
+    Failed { index: usize, step: Step, reason: String, left: Vec<Step> },
+    Finished { changes: usize },
+}
+
+/// What `apply` needs: MAAS, the router when the plan has one, and how to wait.
+pub struct Context<'a> {
+    pub maas: &'a maas::Client,
+    pub router: Option<&'a mut ShimClient>,
+    pub probe_window: Duration,
+    pub wait_timeout: Duration,
+    pub wait_poll: Duration,
+}
+
+/// Applies every changing or checking step of `plan` in order.
+///
+/// # Errors
+/// The reason of the first failing step (also sent as [`Progress::Failed`]).
+pub async fn apply(ctx: &mut Context<'_>, plan: &Plan, progress: &mpsc::Sender<Progress>) -> Result<usize, String> {
+    let todo: Vec<&Step> = plan.steps.iter().filter(|s| s.op.is_some() && s.action != super::Action::Unchanged).collect();
+    let total = todo.len();
+    let mut changes = 0;
+    for (index, step) in todo.iter().enumerate() {
+        let _ = progress.send(Progress::Started { index, total, step: (*step).clone() }).await;
+        let op = step.op.as_ref().expect("filtered on op.is_some()");
+        match run(ctx, op, index, progress).await {
+            Ok(()) => {
+                changes += usize::from(step.action.is_change());
+                let _ = progress.send(Progress::Done { index, step: (*step).clone() }).await;
+            }
+            Err(reason) => {
+                let left = todo[index + 1..].iter().map(|s| (*s).clone()).collect();
+                let _ = progress
+                    .send(Progress::Failed { index, step: (*step).clone(), reason: reason.clone(), left })
+                    .await;
+                return Err(reason);
+            }
+        }
+    }
+    let _ = progress.send(Progress::Finished { changes }).await;
+    Ok(changes)
+}
+
+fn maas_reason(error: maas::Error) -> String {
+    match error.maas_message() {
+        Some(message) => format!("{error} (MAAS said: {message})"),
+        None => error.to_string(),
+    }
+}
+
+fn router<'b>(ctx: &'b mut Context<'_>) -> Result<&'b mut ShimClient, String> {
+    ctx.router.as_deref_mut().ok_or_else(|| "the plan has no [router] shim to talk to".to_string())
+}
+
+async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Sender<Progress>) -> Result<(), String> {
+    let m = ctx.maas;
+    match op {
+        Op::RouterDhcpOff => {
+            router(ctx)?.set_dhcp(false).await.map_err(|e| e.to_string())?;
+        }
+        Op::ProveNoDhcp { interface } => {
+            let report = probe_on(interface, ctx.probe_window).await?;
+            if !report.offers.is_empty() {
+                return Err(format!(
+                    "DHCP is still answered on {interface} with the router's DHCP off, so MAAS DHCP stays off: {}; \
+                     find and stop that server, then apply again",
+                    describe_offers(&report.offers)
+                ));
+            }
+        }
+        Op::CreateRange(new) => {
+            m.create_ip_range(new).await.map_err(maas_reason)?;
+        }
+        Op::DeleteRange { id } => m.delete_ip_range(*id).await.map_err(maas_reason)?,
+        Op::SubnetDns { subnet, servers } => {
+            m.update_subnet_dns_servers(&SubnetRef::Id(*subnet), servers).await.map_err(maas_reason)?;
+        }
+        Op::MaasDhcpOn { fabric_id, vid, rack } => {
+            let update = VlanUpdate { dhcp_on: Some(true), primary_rack: Some(rack.clone()), ..VlanUpdate::default() };
+            m.update_vlan(*fabric_id, *vid, &update).await.map_err(maas_reason)?;
+        }
+        Op::ProveOnlyMaas { interface, maas_ip } => {
+            let report = probe_on(interface, ctx.probe_window).await?;
+            let others: Vec<_> = report
+                .offers
+                .iter()
+                .filter(|o| maas_ip.as_deref() != Some(o.server_identifier.to_string().as_str()))
+                .cloned()
+                .collect();
+            if !others.is_empty() {
+                return Err(format!(
+                    "a DHCP server other than MAAS ({}) answers on {interface}: {}; stop it, then apply again",
+                    maas_ip.as_deref().unwrap_or("unknown"),
+                    describe_offers(&others)
+                ));
+            }
+        }
+        Op::UpstreamDns(servers) => m.set_upstream_dns(servers).await.map_err(maas_reason)?,
+        Op::Dnssec(value) => m.set_dnssec_validation(&DnssecValidation::from(value.as_str())).await.map_err(maas_reason)?,
+        Op::CreateSelection { source, selection } => {
+            m.create_boot_source_selection(*source, selection).await.map_err(maas_reason)?;
+        }
+        Op::SelectionArches { source, selection, arches } => {
+            m.update_boot_source_selection_arches(*source, *selection, arches).await.map_err(maas_reason)?;
+        }
+        Op::ImportImages { images } => {
+            m.import_boot_resources().await.map_err(maas_reason)?;
+            let deadline = Instant::now() + ctx.wait_timeout;
+            loop {
+                let resources = m.boot_resources(None).await.map_err(maas_reason)?;
+                let mut total = 0.0;
+                let mut all = true;
+                for (name, arch) in images {
+                    let found = resources.iter().find(|r| &r.name == name && r.architecture.split('/').next() == Some(arch));
+                    let (done, pct) = match found {
+                        Some(r) => {
+                            let full = m.boot_resource(r.id).await.map_err(maas_reason)?;
+                            (full.is_synced(), if full.is_synced() { 100.0 } else { full.progress().unwrap_or(0.0) })
+                        }
+                        None => (false, 0.0),
+                    };
+                    all &= done;
+                    total += pct;
+                }
+                let pct = (total / images.len().max(1) as f64) as u64;
+                let message = format!("images {pct}% synced");
+                let _ = progress.send(Progress::Working { index, current: pct, goal: 100, message }).await;
+                if all {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("images not synced within {:?}; check MAAS's Images page", ctx.wait_timeout));
+                }
+                tokio::time::sleep(ctx.wait_poll).await;
+            }
+        }
+        Op::CreateSshKey(key) => {
+            m.create_ssh_key(key).await.map_err(maas_reason)?;
+        }
+        Op::DeleteSshKey { id } => m.delete_ssh_key(*id).await.map_err(maas_reason)?,
+        Op::KernelOpts(opts) => m.set_kernel_opts(opts).await.map_err(maas_reason)?,
+        Op::CreateMachine(new) => {
+            m.create_machine(new).await.map_err(maas_reason)?;
+        }
+        Op::Commission { system_id } => {
+            m.commission(system_id, &CommissionOptions::default()).await.map_err(maas_reason)?;
+        }
+        Op::WaitReady { hostnames } => {
+            let deadline = Instant::now() + ctx.wait_timeout;
+            loop {
+                let machines = m.machines(&maas::MachineFilter::default()).await.map_err(maas_reason)?;
+                let mut ready = 0u64;
+                for name in hostnames {
+                    match machines.iter().find(|x| &x.hostname == name) {
+                        Some(x) if x.status.is_failed() => {
+                            return Err(format!(
+                                "machine {name} is {} ({}); fix it in MAAS, then apply again",
+                                x.status.label(),
+                                x.status_message.clone().unwrap_or_default()
+                            ));
+                        }
+                        Some(x) if !x.status.is_transient() && x.status != NodeStatus::New => ready += 1,
+                        _ => {}
+                    }
+                }
+                let goal = hostnames.len() as u64;
+                let message = format!("{ready}/{goal} machines Ready");
+                let _ = progress.send(Progress::Working { index, current: ready, goal, message }).await;
+                if ready == goal {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("machines not Ready within {:?}; see `fleetctl machines list`", ctx.wait_timeout));
+                }
+                tokio::time::sleep(ctx.wait_poll).await;
+            }
+        }
+        Op::CreateDevice { hostname, mac } => {
+            m.create_device(hostname, std::slice::from_ref(mac)).await.map_err(maas_reason)?;
+        }
+        Op::Forward(forward) => {
+            router(ctx)?.ensure_forwards(std::slice::from_ref(forward)).await.map_err(|e| e.to_string())?;
+        }
+        Op::RemoveForward { name } => {
+            let request = pb::RemovePortForwardRequest { name: name.clone() };
+            let result = router(ctx)?.raw().remove_port_forward(request).await.map_err(|e| e.to_string())?;
+            confirm(router(ctx)?, &result.into_inner().pending_change_id).await?;
+        }
+        Op::RemoteManagement { enabled, from } => {
+            let request = pb::SetRemoteManagementRequest { enabled: *enabled, allowed_from: from.clone() };
+            let result = router(ctx)?.raw().set_remote_management(request).await.map_err(|e| e.to_string())?;
+            confirm(router(ctx)?, &result.into_inner().pending_change_id).await?;
+        }
+        Op::Release { system_id } => {
+            m.release(system_id, &maas::ReleaseOptions::default()).await.map_err(maas_reason)?;
+        }
+        Op::MaasDhcpOff { fabric_id, vid } => {
+            let update = VlanUpdate { dhcp_on: Some(false), ..VlanUpdate::default() };
+            m.update_vlan(*fabric_id, *vid, &update).await.map_err(maas_reason)?;
+        }
+        Op::RouterReset => {
+            let result = router(ctx)?.raw().reset(pb::ResetRequest {}).await.map_err(|e| e.to_string())?;
+            confirm(router(ctx)?, &result.into_inner().pending_change_id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Confirms a commit-confirm change at once: this call reaching the shim is the proof that access survived.
+async fn confirm(shim: &mut ShimClient, pending: &str) -> Result<(), String> {
+    if !pending.is_empty() {
+        shim.confirm(pending).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Probes on MAIN's interface.
+///
+/// # Errors
+/// The probe could not run (no such interface, no privileges), in words.
+pub async fn probe_on(interface: &str, window: Duration) -> Result<probe::ProbeReport, String> {
+    let request = ProbeRequest { interface: interface.to_string(), window, stop_at_first: false };
+    probe::probe(&request).await.map_err(|e| format!("the DHCP probe on {interface} could not run: {e}"))
+}
+
+/// The probe's evidence in one line.
+pub fn describe_offers(offers: &[probe::DhcpOffer]) -> String {
+    offers
+        .iter()
+        .map(|o| {
+            format!(
+                "server {} (from {} mac {}) offered {} xid {:#010x}",
+                o.server_identifier,
+                o.source_ip,
+                if o.source_mac.is_empty() { "unknown" } else { &o.source_mac },
+                o.offered_ip,
+                o.xid
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,108 @@
+//! One read of the live lab: everything the plan talks about, from MAAS and (through the shim) the router.
+
+use std::time::Duration;
+
+use router_shim::client::Client as ShimClient;
+use router_shim::model::RouterState;
+use tonic::transport::{Certificate, ClientTlsConfig};
+
+use super::PlanError;
+use super::file::RouterPlan;
+use crate::maas;
+
+/// What MAAS and the router look like right now.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub upstream_dns: Vec<String>,
+    pub dnssec_validation: String,
+    pub kernel_opts: String,
+    pub boot_source_id: Option<i64>,
+    pub selections: Vec<maas::BootSourceSelection>,
+    /// Each synced-or-importing resource with its sets (read one by one, since the list omits them).
+    pub resources: Vec<maas::BootResource>,
+    pub importing: bool,
+    pub ssh_keys: Vec<maas::SshKey>,
+    pub subnets: Vec<maas::Subnet>,
+    pub ip_ranges: Vec<maas::IpRange>,
+    pub racks: Vec<maas::RackController>,
+    pub machines: Vec<maas::Machine>,
+    pub devices: Vec<maas::Device>,
+    /// The router as its shim reads it; `None` when the plan has no `[router]`.
+    pub router: Option<RouterState>,
+}
+
+impl Live {
+    pub fn subnet(&self, cidr: &str) -> Option<&maas::Subnet> {
+        self.subnets.iter().find(|s| s.cidr == cidr)
+    }
+
+    /// The rack controller with an interface on `vlan_id`, and its IP inside `cidr`.
+    pub fn rack_on(&self, vlan_id: i64, cidr: &str) -> Option<(&maas::RackController, Option<String>)> {
+        let rack = self.racks.iter().find(|r| r.is_on_vlan(vlan_id)).or_else(|| {
+            self.racks.iter().find(|r| r.ip_addresses.iter().any(|ip| super::cidr_contains(cidr, ip)))
+        })?;
+        let ip = rack.ip_addresses.iter().find(|ip| super::cidr_contains(cidr, ip)).cloned();
+        Some((rack, ip))
+    }
+}
+
+fn maas_error(what: &'static str) -> impl FnOnce(maas::Error) -> PlanError {
+    move |source| PlanError::Maas { what, source }
+}
+
+/// Reads MAAS.
+///
+/// # Errors
+/// [`PlanError::Maas`] naming what was being read.
+pub async fn read_maas(client: &maas::Client) -> Result<Live, PlanError> {
+    let mut live = Live {
+        upstream_dns: client.upstream_dns().await.map_err(maas_error("upstream_dns"))?,
+        dnssec_validation: client.dnssec_validation().await.map_err(maas_error("dnssec_validation"))?.to_string(),
+        kernel_opts: client.kernel_opts().await.map_err(maas_error("kernel_opts"))?.unwrap_or_default(),
+        ..Live::default()
+    };
+    let sources = client.boot_sources().await.map_err(maas_error("boot sources"))?;
+    live.boot_source_id = sources.first().map(|s| s.id);
+    if let Some(id) = live.boot_source_id {
+        live.selections = client.boot_source_selections(id).await.map_err(maas_error("boot source selections"))?;
+    }
+    for resource in client.boot_resources(None).await.map_err(maas_error("boot resources"))? {
+        live.resources.push(client.boot_resource(resource.id).await.map_err(maas_error("boot resource"))?);
+    }
+    live.importing = client.is_importing().await.map_err(maas_error("is_importing"))?;
+    live.ssh_keys = client.ssh_keys().await.map_err(maas_error("ssh keys"))?;
+    live.subnets = client.subnets().await.map_err(maas_error("subnets"))?;
+    live.ip_ranges = client.ip_ranges().await.map_err(maas_error("ip ranges"))?;
+    live.racks = client.rack_controllers().await.map_err(maas_error("rack controllers"))?;
+    live.machines = client.machines(&maas::MachineFilter::default()).await.map_err(maas_error("machines"))?;
+    live.devices = client.devices().await.map_err(maas_error("devices"))?;
+    Ok(live)
+}
+
+/// Connects to the shim named in the plan.
+///
+/// # Errors
+/// [`PlanError::Router`] with the address tried.
+pub async fn connect_router(router: &RouterPlan, timeout: Duration) -> Result<ShimClient, PlanError> {
+    let error = |message: String| PlanError::Router { address: router.shim.clone(), message };
+    let tls = if router.shim.starts_with("https://") && !router.insecure {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &router.ca_file {
+            let pem = std::fs::read_to_string(ca)
+                .map_err(|e| error(format!("cannot read ca_file {}: {e}; fix [router] ca_file", ca.display())))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        Some(tls)
+    } else {
+        None
+    };
+    ShimClient::connect(&router.shim, tls, timeout).await.map_err(|e| error(e.to_string()))
+}
+
+/// Reads the router through its shim.
+///
+/// # Errors
+/// [`PlanError::Router`].
+pub async fn read_router(shim: &mut ShimClient, address: &str) -> Result<RouterState, PlanError> {
+    shim.state().await.map_err(|e| PlanError::Router { address: address.to_string(), message: e.to_string() })
+}
