@@ -3,6 +3,9 @@
 //! Only [`Config::from_sources`] combines the sources, and it is pure: the environment comes in
 //! through [`Env`], so tests never touch the process environment.
 
+#[cfg(test)]
+mod proptests;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

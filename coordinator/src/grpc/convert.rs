@@ -6,6 +6,9 @@
 pub mod lab;
 pub mod maas;
 
+#[cfg(test)]
+mod proptests;
+
 use chrono::{DateTime, Utc};
 use proto::v1 as pb;
 use tonic::Status;

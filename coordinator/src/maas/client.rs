@@ -14,6 +14,11 @@
 //!   `create_boot_source*`, `create_tag`, `tag_machines` and every DELETE: a lost answer cannot be told apart from
 //!   an effect the client cannot cheaply check, so the error goes to the caller.
 
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(test)]
+mod proptests;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

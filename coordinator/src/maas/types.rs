@@ -418,7 +418,8 @@ impl Machine {
             architecture: self.architecture.clone(),
             cpu_count: self.cpu_count,
             cpu_speed_mhz: self.cpu_speed,
-            memory_bytes: self.memory * 1024 * 1024,
+            // Saturating: a hostile or broken answer (memory near u64::MAX MiB) must not panic the coordinator.
+            memory_bytes: self.memory.saturating_mul(1024 * 1024),
             storage_bytes: (self.storage * 1_000_000.0).round() as u64,
             hardware_info: self.hardware_info.clone(),
             disks,
@@ -1270,6 +1271,15 @@ mod tests {
         assert_eq!(m.hardware().memory_bytes, 2048 * 1024 * 1024);
         assert_eq!(m.hardware().storage_bytes, 500_107_862_016);
         assert_eq!(m.hardware_info["cpu_model"], "");
+    }
+
+    #[test]
+    fn absurd_memory_saturates_instead_of_overflowing() {
+        // Found by maas::client::proptests: `memory * 1024 * 1024` overflowed (a panic in debug builds).
+        let m: Machine = serde_json::from_str(r#"{"system_id": "x", "memory": 18446744073709551615}"#).unwrap();
+        assert_eq!(m.hardware().memory_bytes, u64::MAX);
+        let m: Machine = serde_json::from_str(r#"{"system_id": "x", "memory": 17592186044416}"#).unwrap();
+        assert_eq!(m.hardware().memory_bytes, u64::MAX);
     }
 
     proptest::proptest! {
