@@ -12,6 +12,9 @@
 //!   for one of the fake agents, which is a full round trip including a SQLite write
 //!   transaction that competes with the heartbeat batch writer;
 //! - with `--coordinator-pid`, the coordinator's CPU time during the run and its RSS (from /proc).
+//!
+//! Every fake agent enrolls from 127.0.0.1, so give the coordinator a config that lifts the
+//! per-address enrollment limit: `[enroll]` `enroll_per_minute = 100000`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .into_iter()
         .collect::<Result<_, _>>()
-        .context("enrolling the fake agents")?;
+        .context("enrolling the fake agents (a RESOURCE_EXHAUSTED here means the coordinator's [enroll] enroll_per_minute is too low for a load run)")?;
     let enroll_time = enroll_start.elapsed();
 
     let counters = Arc::new(Counters::default());
