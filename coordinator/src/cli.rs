@@ -3,6 +3,7 @@
 //! Kept in the library so it is tested without running the binary. Only [`resolve_target`]
 //! decides the coordinator's address: client config file, then `METALFLEET_COORDINATOR`, then flags.
 
+pub mod lab;
 pub mod maas;
 pub mod security;
 

@@ -40,10 +40,43 @@ struct Cli {
 enum Output {
     Table,
     Json,
+    /// Only `report`: the lab report as Markdown (other commands print their table).
+    Markdown,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Compare a lab plan (lab.toml) with live MAAS and the router; changes nothing.
+    Plan {
+        file: PathBuf,
+        /// Also list what the plan does not mention and apply --prune would remove.
+        #[arg(long)]
+        prune: bool,
+        /// Show unchanged steps too.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Apply a lab plan in the safe order, with progress; safe to run again.
+    Apply {
+        file: PathBuf,
+        /// Remove ranges, SSH keys and forwards the plan does not mention.
+        #[arg(long)]
+        prune: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print the plan file (lab.toml) that describes the live lab.
+    Export,
+    /// Tear the lab of a plan down in the reverse safe order.
+    Destroy {
+        file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The lab report from live data (--output markdown, the default, or json).
+    Report,
     /// Every machine's health at a glance.
     Status {
         /// Exit 1 when any machine is not healthy.
@@ -170,6 +203,11 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     let client = client::connect(&settings).await?;
     let json = cli.output == Output::Json;
     match cli.command {
+        Command::Plan { file, prune, verbose } => cli::lab::plan(&client, json, &file, prune, verbose).await,
+        Command::Apply { file, prune, yes } => cli::lab::apply(&client, json, &file, prune, yes, false).await,
+        Command::Export => cli::lab::export(&client).await,
+        Command::Destroy { file, yes } => cli::lab::apply(&client, json, &file, false, yes, true).await,
+        Command::Report => cli::lab::report(&client, json).await,
         Command::Status { check } => status(&client, json, check).await,
         Command::Machines { command: MachinesCommand::List } => machines_list(&client, json).await,
         Command::Machines { command: MachinesCommand::Show { name, history } } => {

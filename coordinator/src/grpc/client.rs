@@ -10,6 +10,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::convert;
 
+mod lab;
 mod security;
 use crate::domain::maas::{MaasMachine, MaasSyncStatus};
 use crate::domain::{Event, MachineView};
@@ -75,6 +76,7 @@ impl ClientError {
 pub struct FleetClient {
     inner: FleetServiceClient<AuthChannel>,
     security: proto::v1::security_service_client::SecurityServiceClient<AuthChannel>,
+    lab: proto::v1::lab_service_client::LabServiceClient<AuthChannel>,
     url: String,
     request_timeout: Duration,
 }
@@ -117,6 +119,7 @@ pub async fn connect(settings: &ClientSettings) -> Result<FleetClient, ClientErr
     let credentials = Credentials { bearer };
     Ok(FleetClient {
         inner: FleetServiceClient::with_interceptor(channel.clone(), credentials.clone()),
+        lab: proto::v1::lab_service_client::LabServiceClient::with_interceptor(channel.clone(), credentials.clone()),
         security: proto::v1::security_service_client::SecurityServiceClient::with_interceptor(channel, credentials),
         url,
         request_timeout: settings.request_timeout,
