@@ -58,6 +58,9 @@ pub struct Config {
     /// Enrollment tokens and agent certificates (see [`crate::enroll::EnrollConfig`]).
     #[serde(default)]
     pub enroll: crate::enroll::EnrollConfig,
+    /// Spec verification and lost-node verdicts (see [`crate::verify::VerifyConfig`]).
+    #[serde(default)]
+    pub verify: crate::verify::VerifyConfig,
     /// The lab plan's reconciliation and waits (see [`crate::plan::LabConfig`]).
     #[serde(default)]
     pub lab: crate::plan::LabConfig,

@@ -91,6 +91,8 @@ pub struct Fleet {
     writes: mpsc::Sender<Queued>,
     /// Bounds the samples waiting in the queue; permits go back once the writer committed them.
     sample_budget: Arc<Semaphore>,
+    /// Signalled when a stored inventory changed, so verification runs again (`crate::verify::task`).
+    inventory_changed: Notify,
 }
 
 /// A heartbeat waiting for the writer, holding its share of the sample budget.
@@ -144,6 +146,7 @@ impl Fleet {
             events,
             writes,
             sample_budget,
+            inventory_changed: Notify::new(),
         });
         let handles = vec![
             tokio::spawn(writer_task(fleet.store.clone(), queue, stop.clone())),
@@ -215,7 +218,25 @@ impl Fleet {
         }
         match self.store.put_inventory(machine_id, inventory).await {
             Err(StoreError::NoSuchMachine(id)) => Err(FleetError::NotEnrolled(id)),
-            other => Ok(other?),
+            other => {
+                let changed = other?;
+                if changed {
+                    self.inventory_changed.notify_one();
+                }
+                Ok(changed)
+            }
+        }
+    }
+
+    /// Signalled (one stored permit) whenever a reported inventory differs from the stored one.
+    pub fn inventory_changes(&self) -> &Notify {
+        &self.inventory_changed
+    }
+
+    /// Notes the machine's MAAS match (already stored by the caller), so lookups by system_id find it.
+    pub fn set_system_id(&self, machine_id: &str, system_id: Option<String>) {
+        if let Some(live) = self.lock().get_mut(machine_id) {
+            live.machine.system_id = system_id;
         }
     }
 

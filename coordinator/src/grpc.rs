@@ -8,6 +8,7 @@ pub mod convert;
 pub mod fleet_service;
 pub mod lab_service;
 pub mod security_service;
+pub mod verify_service;
 
 use tonic::Status;
 

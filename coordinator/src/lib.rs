@@ -16,6 +16,8 @@
 //! - [`server`]: `coordinator serve` wired together, with graceful shutdown.
 //! - [`enroll`], [`auth`], [`secret`], [`security_store`]: enrollment tokens, agent and operator
 //!   certificates, per-RPC checks, revocation, the audit log, and the redacting [`secret::Secret`].
+//! - [`verify`], [`matching`], [`reachability`]: spec verification (profile vs commissioned vs live), matching
+//!   agents to MAAS machines, and lost-node verdicts.
 //! - [`cli`]: fleetctl's logic (settings resolution, tables, JSON), kept out of the binary for tests.
 #![forbid(unsafe_code)]
 
@@ -30,15 +32,18 @@ pub mod fleet;
 pub mod grpc;
 pub mod health;
 pub mod maas;
+pub mod matching;
 pub mod operators;
 pub mod pki;
 pub mod plan;
 pub mod poller;
+pub mod reachability;
 pub mod rotation;
 pub mod secret;
 pub mod security_store;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod verify;
 
 pub use server::serve;

@@ -84,7 +84,8 @@ pub async fn prepare(listener: TcpListener, config: Config, stop: CancellationTo
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
     let store = Arc::new(SqliteStore::open(&config.state_dir, config.history_samples)?);
-    prepare_with_stores(listener, config, store.clone(), Some(store), stop).await
+    let verify_store: Arc<dyn crate::verify::VerifySources> = store.clone();
+    prepare_inner(listener, config, store.clone(), Some(store), Some(verify_store), stop).await
 }
 
 /// Like [`prepare`], with a store chosen by the caller (another backend, or a test double).
@@ -109,6 +110,18 @@ pub async fn prepare_with_stores(
     config: Config,
     store: Arc<dyn Store>,
     maas_store: Option<Arc<dyn MaasStore>>,
+    stop: CancellationToken,
+) -> Result<Prepared, ServeError> {
+    prepare_inner(listener, config, store, maas_store, None, stop).await
+}
+
+/// The server, with spec verification and lost-node verdicts (VerifyService) when `verify_store` is given.
+async fn prepare_inner(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    maas_store: Option<Arc<dyn MaasStore>>,
+    verify_store: Option<Arc<dyn crate::verify::VerifySources>>,
     stop: CancellationToken,
 ) -> Result<Prepared, ServeError> {
     let bound = listener.local_addr().map_err(ServeError::Listener)?;
@@ -232,13 +245,34 @@ pub async fn prepare_with_stores(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let admin = OperatorGate::new(admin, security.clone(), security_service::STATE_CHANGING);
+    // Spec verification and lost-node verdicts (issue 7): the loop, and VerifyService behind the gate.
+    let verify = verify_store.map(|store| {
+        let handle = crate::verify::task::VerifyHandle::new(fleet.clone(), store, config.verify.clone());
+        crate::verify::task::spawn(handle.clone(), stop.child_token());
+        let service = proto::v1::verify_service_server::VerifyServiceServer::new(
+            crate::grpc::verify_service::VerifyApi::new(handle),
+        )
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+        OperatorGate::new(service, security.clone(), crate::grpc::verify_service::STATE_CHANGING)
+    });
+    // Redeploy operations and machine lifecycle (issue 7), resumed from the store, behind the gate.
+    let ops = crate::operations::start(&config, bound, fleet.clone(), security.clone(), stop.child_token()).await?;
+    let ops = proto::v1::operations_service_server::OperationsServiceServer::new(
+        crate::grpc::operations_service::OperationsApi::new(ops),
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let ops = OperatorGate::new(ops, security.clone(), crate::grpc::operations_service::STATE_CHANGING);
     let router = builder
         .add_service(health_service)
+        .add_service(ops)
         .add_service(reflection)
         .add_service(agents)
         .add_service(operators)
         .add_service(admin)
-        .add_service(lab);
+        .add_service(lab)
+        .add_optional_service(verify);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller })

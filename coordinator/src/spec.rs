@@ -4,10 +4,10 @@
 //! against what MAAS commissioned and what the agent sees. Sizes are typed: integers are bytes,
 //! strings take units (`"12GiB"`, `"500GB"`, `"64 MiB"`).
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// What one machine is expected to have. Every field is a minimum unless it says otherwise.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpecProfile {
     /// At least this many logical CPUs.
@@ -28,7 +28,7 @@ pub struct SpecProfile {
 }
 
 /// `count` disks of at least `min_size` bytes, of `kind`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskRequirement {
     #[serde(default = "one")]
@@ -40,7 +40,7 @@ pub struct DiskRequirement {
 }
 
 /// Whether a disk spins.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskKind {
     #[default]
@@ -50,7 +50,7 @@ pub enum DiskKind {
 }
 
 /// At least `count` physical NICs, each at least `min_speed_mbps` when given.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NicRequirement {
     #[serde(default = "one")]

@@ -12,6 +12,7 @@ use super::convert;
 
 mod lab;
 mod security;
+mod verify;
 use crate::domain::maas::{MaasMachine, MaasSyncStatus};
 use crate::domain::{Event, MachineView};
 pub use security::{AgentCert, AuditEntry, TokenInfo};
@@ -77,6 +78,7 @@ pub struct FleetClient {
     inner: FleetServiceClient<AuthChannel>,
     security: proto::v1::security_service_client::SecurityServiceClient<AuthChannel>,
     lab: proto::v1::lab_service_client::LabServiceClient<AuthChannel>,
+    verify: proto::v1::verify_service_client::VerifyServiceClient<AuthChannel>,
     url: String,
     request_timeout: Duration,
 }
@@ -120,6 +122,10 @@ pub async fn connect(settings: &ClientSettings) -> Result<FleetClient, ClientErr
     Ok(FleetClient {
         inner: FleetServiceClient::with_interceptor(channel.clone(), credentials.clone()),
         lab: proto::v1::lab_service_client::LabServiceClient::with_interceptor(channel.clone(), credentials.clone()),
+        verify: proto::v1::verify_service_client::VerifyServiceClient::with_interceptor(
+            channel.clone(),
+            credentials.clone(),
+        ),
         security: proto::v1::security_service_client::SecurityServiceClient::with_interceptor(channel, credentials),
         url,
         request_timeout: settings.request_timeout,

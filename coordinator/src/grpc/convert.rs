@@ -5,6 +5,7 @@
 
 pub mod lab;
 pub mod maas;
+pub mod verify;
 
 #[cfg(test)]
 mod proptests;

@@ -6,6 +6,7 @@
 //! one transaction each.
 
 mod maas;
+mod verify;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -101,6 +102,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: the MAAS poller's view of every MAAS machine and the sync record (issue 3).
     maas::MIGRATION,
+    // spec verification (issue 7): expected profiles, commissioned baselines, last verdicts.
+    verify::MIGRATION,
 ];
 
 /// The file name of the store inside the state directory.

@@ -1,0 +1,421 @@
+//! The coordinator's verification loop, and the handle the VerifyService uses.
+//!
+//! One pass: match agents to MAAS machines (set `system_id`, report conflicts once), record first baselines,
+//! verify every machine and turn verdict changes into events (`spec_failed`, `spec_drift`, `spec_ok`), then
+//! re-evaluate the lost-node verdicts (probing only machines whose agent is silent). A pass runs every
+//! `[verify] interval`, and at once when an inventory changes, an agent enrolls or the MAAS view changes.
+//! Passes are serialised by a mutex, so an operator's Verify and the loop never interleave.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Baseline, BaselineSource, Inputs, MachineReport, Verdict, VerifyConfig, VerifySources, is_commissioned, kinds,
+    reports, specs_from_inventory, specs_from_maas,
+};
+use crate::domain::{self, NewEvent};
+use crate::fleet::Fleet;
+use crate::matching::{self, AgentFacts, MaasFacts, Outcome};
+use crate::reachability::{self, MaasState, Reach};
+use crate::store::StoreError;
+
+/// Why an operator's verification call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no machine is named {0:?}; use a hostname, machine id or system_id from `fleetctl verify`")]
+    NoSuchMachine(String),
+    #[error("{0} is not matched to a MAAS machine; baselines are kept per MAAS machine (see `fleetctl machines list`)")]
+    NotMatched(String),
+    #[error("{0}")]
+    NoData(String),
+}
+
+/// One machine's lost-node verdict as last evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeVerdict {
+    pub machine_id: String,
+    pub hostname: String,
+    pub system_id: Option<String>,
+    pub verdict: String,
+    pub reason: String,
+    pub health: domain::Health,
+    pub maas_status: String,
+    pub power_state: String,
+    pub reachability: String,
+    pub evaluated_at: DateTime<Utc>,
+}
+
+/// What a rematch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rematched {
+    pub machine_id: String,
+    pub hostname: String,
+    pub system_id: Option<String>,
+    pub outcome: String,
+}
+
+/// Shared by the loop and the VerifyService. Cheap to clone.
+#[derive(Clone)]
+pub struct VerifyHandle {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    fleet: Arc<Fleet>,
+    store: Arc<dyn VerifySources>,
+    config: VerifyConfig,
+    /// Held for a whole pass; the state only passes need.
+    pass: tokio::sync::Mutex<PassState>,
+    nodes: Mutex<Vec<NodeVerdict>>,
+}
+
+#[derive(Default)]
+struct PassState {
+    /// The conflict last reported per agent machine id, so each is an event once.
+    conflicts: HashMap<String, String>,
+}
+
+impl VerifyHandle {
+    pub fn new(fleet: Arc<Fleet>, store: Arc<dyn VerifySources>, config: VerifyConfig) -> VerifyHandle {
+        VerifyHandle {
+            inner: Arc::new(Shared {
+                fleet,
+                store,
+                config,
+                pass: tokio::sync::Mutex::new(PassState::default()),
+                nodes: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &VerifyConfig {
+        &self.inner.config
+    }
+
+    /// The lost-node verdicts of the last pass, by hostname.
+    pub fn node_verdicts(&self) -> Vec<NodeVerdict> {
+        self.inner.nodes.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Runs one pass now and returns every machine's verification.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn pass(&self) -> Result<Vec<MachineReport>, StoreError> {
+        let mut state = self.inner.pass.lock().await;
+        self.run_pass(&mut state).await
+    }
+
+    /// Records a new baseline for `name` from `source` (default: live when the agent reported, else MAAS's
+    /// current commissioning data), with an event; returns the machine verified against it.
+    ///
+    /// # Errors
+    /// No such machine, not matched to MAAS, no data from that source, or a store failure.
+    pub async fn accept(
+        &self,
+        name: &str,
+        source: Option<BaselineSource>,
+        by: &str,
+    ) -> Result<(MachineReport, BaselineSource), VerifyError> {
+        let mut state = self.inner.pass.lock().await;
+        let rows = self.run_pass(&mut state).await?;
+        let row = rows.iter().find(|r| r.is_named(name)).ok_or_else(|| VerifyError::NoSuchMachine(name.into()))?;
+        let system_id = row.system_id.clone().ok_or_else(|| VerifyError::NotMatched(row.hostname.clone()))?;
+        let store = &self.inner.store;
+        let inventory = match &row.machine_id {
+            Some(id) => store.inventory(id).await?,
+            None => None,
+        };
+        let source =
+            source.unwrap_or(if inventory.is_some() { BaselineSource::Live } else { BaselineSource::Commissioned });
+        let specs = match source {
+            BaselineSource::Live => specs_from_inventory(&inventory.ok_or_else(|| {
+                VerifyError::NoData(format!(
+                    "{} has no agent inventory to accept; wait for its agent, or accept --from commissioned",
+                    row.hostname
+                ))
+            })?),
+            BaselineSource::Commissioned => {
+                let maas = store.maas_machines().await?;
+                let m =
+                    maas.iter().find(|m| m.system_id == system_id).filter(|m| is_commissioned(m)).ok_or_else(|| {
+                        VerifyError::NoData(format!(
+                            "MAAS has no commissioning data for {}; commission it first",
+                            row.hostname
+                        ))
+                    })?;
+                specs_from_maas(m)
+            }
+        };
+        let now = Utc::now();
+        store
+            .replace_baseline(Baseline {
+                system_id: system_id.clone(),
+                hostname: row.hostname.clone(),
+                specs,
+                source,
+                recorded_at: now,
+                recorded_by: by.to_string(),
+            })
+            .await?;
+        self.emit(
+            row.machine_id.as_deref().unwrap_or(&system_id),
+            &row.hostname,
+            kinds::BASELINE_ACCEPTED,
+            format!("{}: new baseline from {} data, accepted by {by}", row.hostname, source.as_str()),
+        );
+        let rows = self.run_pass(&mut state).await?;
+        let row = rows.into_iter().find(|r| r.system_id.as_deref() == Some(&system_id));
+        Ok((row.ok_or_else(|| VerifyError::NoSuchMachine(name.into()))?, source))
+    }
+
+    /// Forgets `name`'s MAAS match and matches it again at once.
+    ///
+    /// # Errors
+    /// No such enrolled machine, or a store failure.
+    pub async fn rematch(&self, name: &str) -> Result<Rematched, VerifyError> {
+        let view = self.inner.fleet.machine(name, 0).await.map_err(|_| VerifyError::NoSuchMachine(name.into()))?;
+        let machine = view.machine;
+        let mut state = self.inner.pass.lock().await;
+        self.inner.store.set_system_id(&machine.id, None).await?;
+        self.inner.fleet.set_system_id(&machine.id, None);
+        state.conflicts.remove(&machine.id);
+        self.run_pass(&mut state).await?;
+        let now = self.inner.store.machine(&machine.id).await?.and_then(|m| m.system_id);
+        let outcome = match (&machine.system_id, &now) {
+            (_, None) => state
+                .conflicts
+                .get(&machine.id)
+                .cloned()
+                .unwrap_or_else(|| "no MAAS machine has its MACs or hostname".to_string()),
+            (Some(before), Some(after)) if before == after => format!("matched to {after} again"),
+            (Some(before), Some(after)) => format!("matched to {after} (was {before})"),
+            (None, Some(after)) => format!("matched to {after}"),
+        };
+        Ok(Rematched { machine_id: machine.id, hostname: machine.hostname, system_id: now, outcome })
+    }
+
+    fn emit(&self, machine_id: &str, hostname: &str, kind: &str, message: String) {
+        self.inner.fleet.publish(NewEvent {
+            at: Utc::now(),
+            machine_id: machine_id.to_string(),
+            hostname: hostname.to_string(),
+            kind: kind.to_string(),
+            message,
+            from_health: None,
+            to_health: None,
+        });
+    }
+
+    async fn run_pass(&self, state: &mut PassState) -> Result<Vec<MachineReport>, StoreError> {
+        let store = &self.inner.store;
+        let mut inputs = Inputs::load(store.as_ref()).await?;
+        self.match_agents(state, &mut inputs).await?;
+
+        for m in inputs.maas.iter().filter(|m| is_commissioned(m)) {
+            if inputs.baselines.iter().any(|b| b.system_id == m.system_id) {
+                continue;
+            }
+            let baseline = Baseline {
+                system_id: m.system_id.clone(),
+                hostname: m.hostname.clone(),
+                specs: specs_from_maas(m),
+                source: BaselineSource::Commissioned,
+                recorded_at: Utc::now(),
+                recorded_by: "poller".to_string(),
+            };
+            if store.record_first_baseline(baseline.clone()).await? {
+                tracing::info!(system_id = %m.system_id, hostname = %m.hostname, "commissioned baseline recorded");
+            }
+            inputs.baselines.push(baseline);
+        }
+
+        let rows = reports(&inputs, &self.inner.config.tolerance);
+        let last = store.last_verdicts().await?;
+        let now = Utc::now();
+        for row in &rows {
+            let key = row.key();
+            let before = last.get(&key).copied();
+            if before == Some(row.verdict) {
+                continue;
+            }
+            store.set_last_verdict(&key, row.verdict, now).await?;
+            let kind = match (before, row.verdict) {
+                (_, Verdict::Fail) => Some(kinds::SPEC_FAILED),
+                (_, Verdict::Drift) => Some(kinds::SPEC_DRIFT),
+                (Some(Verdict::Fail | Verdict::Drift), Verdict::Pass) => Some(kinds::SPEC_OK),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let why = if row.reason.is_empty() { String::new() } else { format!(": {}", row.reason) };
+                let id = row.machine_id.clone().unwrap_or_else(|| key.clone());
+                self.emit(&id, &row.hostname, kind, format!("{} spec {}{why}", row.hostname, row.verdict));
+            }
+        }
+
+        self.evaluate_nodes(&inputs).await;
+        Ok(rows)
+    }
+
+    async fn match_agents(&self, state: &mut PassState, inputs: &mut Inputs) -> Result<(), StoreError> {
+        if inputs.maas.is_empty() {
+            return Ok(());
+        }
+        let agents: Vec<AgentFacts> = inputs
+            .agents
+            .iter()
+            .map(|a| AgentFacts {
+                machine_id: a.id.clone(),
+                hostname: a.hostname.clone(),
+                macs: a.mac_addresses.clone(),
+                system_id: a.system_id.clone(),
+            })
+            .collect();
+        let maas: Vec<MaasFacts> = inputs
+            .maas
+            .iter()
+            .map(|m| MaasFacts {
+                system_id: m.system_id.clone(),
+                hostname: m.hostname.clone(),
+                macs: m.interfaces.iter().map(|i| i.mac_address.clone()).collect(),
+            })
+            .collect();
+        for (index, outcome) in matching::match_agents(&agents, &maas).into_iter().enumerate() {
+            let agent = &mut inputs.agents[index];
+            match outcome {
+                Outcome::Matched { system_id, by, .. } => {
+                    state.conflicts.remove(&agent.id);
+                    if agent.system_id.as_deref() == Some(system_id.as_str()) {
+                        continue;
+                    }
+                    self.inner.store.set_system_id(&agent.id, Some(system_id.clone())).await?;
+                    self.inner.fleet.set_system_id(&agent.id, Some(system_id.clone()));
+                    tracing::info!(machine_id = %agent.id, %system_id, by = by.as_str(), "agent matched to MAAS");
+                    self.emit(
+                        &agent.id,
+                        &agent.hostname,
+                        kinds::MATCHED,
+                        format!("{} matched to MAAS machine {system_id} by {}", agent.hostname, by.as_str()),
+                    );
+                    agent.system_id = Some(system_id);
+                }
+                Outcome::Conflict { message, .. } => {
+                    if state.conflicts.get(&agent.id) != Some(&message) {
+                        tracing::warn!(machine_id = %agent.id, "{message}");
+                        self.emit(&agent.id, &agent.hostname, kinds::MATCH_CONFLICT, message.clone());
+                        state.conflicts.insert(agent.id.clone(), message);
+                    }
+                }
+                Outcome::Unmatched { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn evaluate_nodes(&self, inputs: &Inputs) {
+        let reach_config = &self.inner.config.reachability;
+        let views = self.inner.fleet.machines();
+        let probes = views.iter().map(|view| {
+            let machine = &view.machine;
+            let maas = machine.system_id.as_ref().and_then(|sid| inputs.maas.iter().find(|m| &m.system_id == sid));
+            let state =
+                maas.map(|m| MaasState { status_name: m.status_name.clone(), power_state: m.power_state.clone() });
+            let target = reach_config.target(
+                maas.map(|m| m.hostname.as_str()).unwrap_or(&machine.hostname),
+                maas.map(|m| m.ip_addresses.as_slice()).unwrap_or_default(),
+            );
+            let target = target.or_else(|| reach_config.targets.get(&machine.hostname).copied());
+            let probe_needed = reachability::needs_probe(machine.health, state.as_ref());
+            async move {
+                let reach = if probe_needed {
+                    reachability::probe(target, reach_config.timeout).await
+                } else {
+                    Reach::NotChecked
+                };
+                let verdict = reachability::lost_node(machine.health, state.as_ref(), &reach);
+                NodeVerdict {
+                    machine_id: machine.id.clone(),
+                    hostname: machine.hostname.clone(),
+                    system_id: machine.system_id.clone(),
+                    verdict: verdict.verdict,
+                    reason: verdict.reason,
+                    health: machine.health,
+                    maas_status: state.as_ref().map(|s| s.status_name.clone()).unwrap_or_default(),
+                    power_state: state.as_ref().map(|s| s.power_state.clone()).unwrap_or_default(),
+                    reachability: reach.as_str().to_string(),
+                    evaluated_at: Utc::now(),
+                }
+            }
+        });
+        let fresh: Vec<NodeVerdict> = futures::future::join_all(probes).await;
+        let before: HashMap<String, String> =
+            self.node_verdicts().into_iter().map(|n| (n.machine_id, n.verdict)).collect();
+        for node in &fresh {
+            if let Some(old) = before.get(&node.machine_id)
+                && old != &node.verdict
+            {
+                let why = if node.reason.is_empty() { String::new() } else { format!(" ({})", node.reason) };
+                self.emit(
+                    &node.machine_id,
+                    &node.hostname,
+                    kinds::NODE_VERDICT,
+                    format!("{}: {} (was {old}){why}", node.hostname, node.verdict),
+                );
+            }
+        }
+        *self.inner.nodes.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+    }
+}
+
+/// Runs passes until `stop` is cancelled: every interval, and at once on the changes that matter.
+pub fn spawn(handle: VerifyHandle, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let fleet = handle.inner.fleet.clone();
+        let mut events = fleet.subscribe();
+        let mut tick = tokio::time::interval(handle.inner.config.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tracing::info!(interval = ?handle.inner.config.interval, "verification started");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = fleet.inventory_changes().notified() => {}
+                received = events.recv() => match received {
+                    Ok(event) if triggers_pass(&event.kind) => {}
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                },
+            }
+            let pass = tokio::select! {
+                _ = stop.cancelled() => break,
+                pass = handle.pass() => pass,
+            };
+            if let Err(error) = pass {
+                tracing::warn!(%error, "verification pass failed; trying again on the next tick");
+            }
+        }
+        tracing::info!("verification stopped");
+    })
+}
+
+fn triggers_pass(kind: &str) -> bool {
+    use crate::domain::kinds as core;
+    [
+        core::ENROLLED,
+        core::HEALTH_CHANGED,
+        core::MAAS_STATUS_CHANGED,
+        core::MAAS_MACHINE_ADDED,
+        core::MAAS_MACHINE_REMOVED,
+        core::MAAS_REACHABLE,
+    ]
+    .contains(&kind)
+}
