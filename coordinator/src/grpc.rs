@@ -28,4 +28,6 @@ pub fn status(error: FleetError) -> Status {
 }
 
 #[cfg(test)]
+mod security_tests;
+#[cfg(test)]
 mod tests;
