@@ -6,6 +6,7 @@
 pub mod lab;
 pub mod maas;
 pub mod security;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -46,6 +46,19 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check each machine's hardware: expected (profile) vs commissioned (baseline) vs live (agent).
+    /// Exit 0 all pass, 1 any fail or drift, 2 only unknowns.
+    Verify {
+        /// Hostnames, machine ids or system_ids; every machine when none is given.
+        names: Vec<String>,
+        /// Record a new baseline for this machine on purpose (after a disk was replaced, say).
+        #[arg(long, value_name = "NAME", conflicts_with = "names")]
+        accept: Option<String>,
+        /// Where the accepted baseline comes from: live (the agent; the default when it reported) or
+        /// commissioned (MAAS's current data).
+        #[arg(long = "from", value_name = "SOURCE", requires = "accept", value_parser = ["live", "commissioned"])]
+        from: Option<String>,
+    },
     /// Compare a lab plan (lab.toml) with live MAAS and the router; changes nothing.
     Plan {
         file: PathBuf,
@@ -158,6 +171,11 @@ enum MachinesCommand {
         #[arg(long, default_value_t = 30)]
         history: u32,
     },
+    /// Forget a machine's MAAS match and match it again (after a NIC was replaced).
+    Rematch {
+        /// Hostname, machine id or MAAS system_id.
+        name: String,
+    },
 }
 
 fn main() {
@@ -209,6 +227,33 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Destroy { file, yes } => cli::lab::apply(&client, json, &file, false, yes, true).await,
         Command::Report => cli::lab::report(&client, json).await,
         Command::Status { check } => status(&client, json, check).await,
+        Command::Verify { names, accept: None, .. } => {
+            let reports = client.verify(names).await?;
+            if json {
+                print_json(&cli::verify::document(&reports))?;
+            } else {
+                print(&cli::verify::table(&reports))?;
+            }
+            Ok(cli::verify::exit_code(&reports))
+        }
+        Command::Verify { accept: Some(name), from, .. } => {
+            let (report, source) = client.accept(&name, from.as_deref()).await?;
+            if json {
+                print_json(&cli::verify::accepted_json(&report, &source))?;
+            } else {
+                print(&cli::verify::accepted_text(&report, &source))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Machines { command: MachinesCommand::Rematch { name } } => {
+            let rematched = client.rematch(&name).await?;
+            if json {
+                print_json(&cli::verify::rematched_json(&rematched))?;
+            } else {
+                print(&cli::verify::rematched_text(&rematched))?;
+            }
+            Ok(exit::OK)
+        }
         Command::Machines { command: MachinesCommand::List } => machines_list(&client, json).await,
         Command::Machines { command: MachinesCommand::Show { name, history } } => {
             machines_show(&client, json, &name, history).await
@@ -237,10 +282,12 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
 
 async fn status(client: &FleetClient, json: bool, check: bool) -> Result<i32, CliError> {
     let machines = client.list_machines().await?;
+    // The lost-node verdicts; an older coordinator without VerifyService gives none.
+    let verdicts = client.node_verdicts().await?;
     if json {
-        print_json(&cli::status_document(&machines))?;
+        print_json(&cli::verify::status_document(&machines, &verdicts))?;
     } else {
-        print(&cli::status_table(&machines, chrono::Utc::now()))?;
+        print(&cli::verify::status_table(&machines, &verdicts, chrono::Utc::now()))?;
     }
     Ok(if check { cli::status_exit_code(&machines) } else { exit::OK })
 }
