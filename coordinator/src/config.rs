@@ -61,6 +61,12 @@ pub struct Config {
     /// Spec verification and lost-node verdicts (see [`crate::verify::VerifyConfig`]).
     #[serde(default)]
     pub verify: crate::verify::VerifyConfig,
+    /// Redeploy operations (see [`crate::operations::Config`]).
+    #[serde(default)]
+    pub operations: crate::operations::Config,
+    /// The HTTPS listener that serves the agent binary to deploying servers (see [`crate::artifacts::Config`]).
+    #[serde(default)]
+    pub artifacts: crate::artifacts::Config,
     /// The lab plan's reconciliation and waits (see [`crate::plan::LabConfig`]).
     #[serde(default)]
     pub lab: crate::plan::LabConfig,

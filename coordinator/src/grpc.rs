@@ -7,6 +7,7 @@ pub mod client;
 pub mod convert;
 pub mod fleet_service;
 pub mod lab_service;
+pub mod operations_service;
 pub mod security_service;
 pub mod verify_service;
 

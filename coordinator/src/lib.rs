@@ -16,12 +16,15 @@
 //! - [`server`]: `coordinator serve` wired together, with graceful shutdown.
 //! - [`enroll`], [`auth`], [`secret`], [`security_store`]: enrollment tokens, agent and operator
 //!   certificates, per-RPC checks, revocation, the audit log, and the redacting [`secret::Secret`].
+//! - [`operations`]: redeploy operations (stored, resumable, rolling) and machine power/forget; [`artifacts`]
+//!   serves the agent binary to deploying servers over HTTPS.
 //! - [`verify`], [`matching`], [`reachability`]: spec verification (profile vs commissioned vs live), matching
 //!   agents to MAAS machines, and lost-node verdicts.
 //! - [`cli`]: fleetctl's logic (settings resolution, tables, JSON), kept out of the binary for tests.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod artifacts;
 pub mod auth;
 pub mod cli;
 pub mod client_config;
@@ -33,6 +36,7 @@ pub mod grpc;
 pub mod health;
 pub mod maas;
 pub mod matching;
+pub mod operations;
 pub mod operators;
 pub mod pki;
 pub mod plan;

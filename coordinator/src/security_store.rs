@@ -112,6 +112,26 @@ impl SecurityStore {
 
     // === tokens ===
 
+    /// Records which machine enrolled with the token `token_id` (the redeploy flow waits for it; see
+    /// [`crate::operations::store`], which owns the table). The first record stays.
+    pub async fn record_token_enrollment(
+        &self,
+        token_id: String,
+        machine_id: String,
+        agent_id: String,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO token_enrollments (token_id, machine_id, agent_id, enrolled_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![token_id, machine_id, agent_id, time_text(at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn insert_token(&self, record: TokenRecord, hash: String) -> Result<(), StoreError> {
         self.with(move |conn| {
             conn.execute(

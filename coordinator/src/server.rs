@@ -256,8 +256,17 @@ async fn prepare_inner(
         .max_encoding_message_size(limit);
         OperatorGate::new(service, security.clone(), crate::grpc::verify_service::STATE_CHANGING)
     });
+    // Redeploy operations and machine lifecycle (issue 7), resumed from the store, behind the gate.
+    let ops = crate::operations::start(&config, bound, fleet.clone(), security.clone(), stop.child_token()).await?;
+    let ops = proto::v1::operations_service_server::OperationsServiceServer::new(
+        crate::grpc::operations_service::OperationsApi::new(ops),
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let ops = OperatorGate::new(ops, security.clone(), crate::grpc::operations_service::STATE_CHANGING);
     let router = builder
         .add_service(health_service)
+        .add_service(ops)
         .add_service(reflection)
         .add_service(agents)
         .add_service(operators)

@@ -128,7 +128,15 @@ impl AgentService for AgentApi {
                 )));
             }
         }
+        let agent_id = enrollment.agent_id.clone();
         let machine = self.fleet.enroll(enrollment).await.map_err(status)?;
+        if let EnrollGrant::Token(token_id) = &grant {
+            // The redeploy flow recognises the agent it deployed by the token it minted for that deploy.
+            let recorded = security.store.record_token_enrollment(token_id.clone(), machine.id.clone(), agent_id, chrono::Utc::now());
+            if let Err(error) = recorded.await {
+                tracing::error!(%error, "cannot record which token enrolled the machine; a redeploy may wait for it in vain");
+            }
+        }
         let mut response = convert::enroll_response(&machine);
         if issue_cert {
             let (certificate_pem, ca_pem) = self.issue(&security, &machine, &csr_pem).await?;

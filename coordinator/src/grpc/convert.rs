@@ -5,8 +5,8 @@
 
 pub mod lab;
 pub mod maas;
+pub mod operations;
 pub mod verify;
-
 #[cfg(test)]
 mod proptests;
 

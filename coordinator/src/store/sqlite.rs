@@ -102,8 +102,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: the MAAS poller's view of every MAAS machine and the sync record (issue 3).
     maas::MIGRATION,
-    // spec verification (issue 7): expected profiles, commissioned baselines, last verdicts.
+    // 4: spec verification (issue 7): expected profiles, commissioned baselines, last verdicts.
     verify::MIGRATION,
+    // 5: redeploy operations and which token enrolled which machine (issue 7).
+    crate::operations::store::MIGRATION,
 ];
 
 /// The file name of the store inside the state directory.

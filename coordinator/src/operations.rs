@@ -1,0 +1,751 @@
+//! Redeploy operations: stored records that drive MAAS through release → deploy → enrollment → verify, one
+//! machine or a rolling batch, and survive a coordinator restart.
+//!
+//! Layout:
+//! - this file: the records ([`Operation`], [`MachineOp`], [`StepRecord`]), the `[operations]` config and
+//!   [`Operations`], the engine the gRPC service calls (start, list, get, watch, cancel, power, forget).
+//! - [`runner`]: one machine's steps, each deciding from MAAS's current status what is left to do.
+//! - [`store`]: the operations tables and the token → machine enrollment record.
+//! - [`user_data`]: the cloud-init user data that installs the agent.
+//!
+//! Invariants: an operation is persisted before every MAAS call that changes a machine (the step's intent), and
+//! every step re-reads the machine first, so a resumed operation never deploys a machine twice. A machine is in
+//! at most one unfinished operation.
+
+pub mod runner;
+pub mod store;
+pub mod user_data;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Security;
+use crate::fleet::Fleet;
+use crate::maas;
+use crate::store::StoreError;
+
+pub use store::OperationsStore;
+
+/// The `[operations]` table of the coordinator's config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How often a waiting step re-reads MAAS (and the store, for enrollment and health).
+    #[serde(with = "humantime_serde", default = "default_poll_interval")]
+    pub poll_interval: Duration,
+    /// How long release + wait Ready may take.
+    #[serde(with = "humantime_serde", default = "default_release_timeout")]
+    pub release_timeout: Duration,
+    /// How long deploy + wait Deployed may take.
+    #[serde(with = "humantime_serde", default = "default_deploy_timeout")]
+    pub deploy_timeout: Duration,
+    /// How long after Deployed the new agent may take to enroll.
+    #[serde(with = "humantime_serde", default = "default_enroll_timeout")]
+    pub enroll_timeout: Duration,
+    /// How long after enrollment the machine may take to verify and turn healthy.
+    #[serde(with = "humantime_serde", default = "default_healthy_timeout")]
+    pub healthy_timeout: Duration,
+    /// The address agents dial, written into the user data; default `https://` + the gRPC listener.
+    #[serde(default)]
+    pub coordinator_url: Option<String>,
+    /// The address servers download the agent from; default `https://` + the artifacts listener.
+    #[serde(default)]
+    pub artifacts_url: Option<String>,
+    /// The distro series used when a redeploy names none.
+    #[serde(default = "default_distro")]
+    pub default_distro: String,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_release_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_deploy_timeout() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+fn default_enroll_timeout() -> Duration {
+    Duration::from_secs(20 * 60)
+}
+fn default_healthy_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_distro() -> String {
+    "jammy".to_string()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("every [operations] key has a default")
+    }
+}
+
+/// Where an operation, a machine in it, or one step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Not started: locked, owned by another MAAS user, or busy in another operation.
+    Refused,
+    /// A step with nothing to do (e.g. release of a machine that is already Ready).
+    Skipped,
+}
+
+impl OpState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpState::Pending => "pending",
+            OpState::Running => "running",
+            OpState::Succeeded => "succeeded",
+            OpState::Failed => "failed",
+            OpState::Cancelled => "cancelled",
+            OpState::Refused => "refused",
+            OpState::Skipped => "skipped",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, OpState::Pending | OpState::Running)
+    }
+}
+
+/// A machine redeploy's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Release,
+    WaitReady,
+    Allocate,
+    Deploy,
+    WaitDeployed,
+    WaitEnrolled,
+    Verify,
+    WaitHealthy,
+}
+
+impl Step {
+    pub const ALL: [Step; 8] = [
+        Step::Release,
+        Step::WaitReady,
+        Step::Allocate,
+        Step::Deploy,
+        Step::WaitDeployed,
+        Step::WaitEnrolled,
+        Step::Verify,
+        Step::WaitHealthy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Release => "release",
+            Step::WaitReady => "wait_ready",
+            Step::Allocate => "allocate",
+            Step::Deploy => "deploy",
+            Step::WaitDeployed => "wait_deployed",
+            Step::WaitEnrolled => "wait_enrolled",
+            Step::Verify => "verify",
+            Step::WaitHealthy => "wait_healthy",
+        }
+    }
+}
+
+/// One step as it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    pub state: OpState,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What MAAS (or the coordinator) said.
+    pub message: String,
+}
+
+/// One machine's redeploy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineOp {
+    pub system_id: String,
+    pub hostname: String,
+    /// Batches run one after another; machines of one batch run together.
+    pub batch: u32,
+    pub state: OpState,
+    pub message: String,
+    /// The enrollment token minted for the current deploy (its id; the secret is never stored).
+    pub token_id: Option<String>,
+    /// The coordinator's machine id of the agent that enrolled with that token.
+    pub machine_id: Option<String>,
+    pub steps: Vec<StepRecord>,
+}
+
+impl MachineOp {
+    pub fn new(system_id: &str, hostname: &str, batch: u32) -> Self {
+        MachineOp {
+            system_id: system_id.to_string(),
+            hostname: hostname.to_string(),
+            batch,
+            state: OpState::Pending,
+            message: String::new(),
+            token_id: None,
+            machine_id: None,
+            steps: Vec::new(),
+        }
+    }
+
+    /// The current (last started) step.
+    pub fn step(&self) -> Option<&StepRecord> {
+        self.steps.last()
+    }
+}
+
+/// A redeploy of one or more machines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: String,
+    pub kind: String,
+    pub state: OpState,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub message: String,
+    pub max_unavailable: u32,
+    pub max_failures: u32,
+    pub distro_series: String,
+    /// The operator's own user-data template, when given.
+    pub user_data_template: Option<String>,
+    pub machines: Vec<MachineOp>,
+}
+
+impl Operation {
+    pub fn new(
+        kind: &str,
+        max_unavailable: u32,
+        max_failures: u32,
+        distro_series: String,
+        user_data_template: Option<String>,
+    ) -> Self {
+        let now = Utc::now();
+        Operation {
+            id: format!("op-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            kind: kind.to_string(),
+            state: OpState::Pending,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            message: String::new(),
+            max_unavailable: max_unavailable.max(1),
+            max_failures,
+            distro_series,
+            user_data_template,
+            machines: Vec::new(),
+        }
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.machines.iter().filter(|m| m.state == OpState::Failed).count() as u32
+    }
+}
+
+/// What a redeploy request asks for, after the wire.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedeployRequest {
+    pub machines: Vec<String>,
+    pub tag: Option<String>,
+    pub pool: Option<String>,
+    pub all: bool,
+    pub distro_series: Option<String>,
+    pub user_data_template: Option<String>,
+    pub dry_run: bool,
+    pub max_unavailable: u32,
+    pub max_failures: u32,
+}
+
+/// One machine in a redeploy's plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub system_id: String,
+    pub hostname: String,
+    pub batch: u32,
+    /// Why it is skipped, when it is.
+    pub refused: Option<String>,
+}
+
+/// `fleetctl power` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    On,
+    Off,
+    Cycle,
+}
+
+/// Why an operations call failed; [`crate::grpc::operations_service`] maps each to a gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("MAAS is not configured; add a [maas] table to the coordinator's config")]
+    NoMaas,
+    #[error(transparent)]
+    Maas(#[from] maas::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the engine needs to write a deploy's user data.
+#[derive(Debug, Clone)]
+pub struct DeployContext {
+    pub coordinator_url: String,
+    pub artifacts_url: String,
+    pub agent_sha256: String,
+    pub ca_pem: String,
+    /// Lifetime of the enrollment token minted for one deploy.
+    pub token_ttl: Duration,
+}
+
+/// Sets up the engine for `coordinator serve`: the MAAS client, and with TLS the artifacts listener and the
+/// deploy context; then resumes unfinished operations. Problems that only stop deploys are logged, not fatal.
+///
+/// # Errors
+/// The operations store cannot be opened.
+pub async fn start(
+    server: &crate::config::Config,
+    bound: std::net::SocketAddr,
+    fleet: Arc<Fleet>,
+    security: Arc<Security>,
+    stop: CancellationToken,
+) -> Result<Operations, StoreError> {
+    let store = OperationsStore::open(&server.state_dir)?;
+    let maas = server.maas.as_ref().and_then(|m| {
+        maas::Client::new(m).inspect_err(|error| tracing::warn!(%error, "operations have no MAAS client")).ok()
+    });
+    let mut deploy = None;
+    if !server.insecure && maas.is_some() {
+        deploy = deploy_context(server, bound, stop.clone()).await;
+    }
+    let ops = Operations::new(store, maas, security, fleet, server.operations.clone(), deploy, stop);
+    let resumed = ops.resume().await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "unfinished operations resumed");
+    }
+    Ok(ops)
+}
+
+async fn deploy_context(
+    server: &crate::config::Config,
+    bound: std::net::SocketAddr,
+    stop: CancellationToken,
+) -> Option<DeployContext> {
+    let pki = crate::pki::ensure(&server.state_dir, &server.tls.extra_sans)
+        .inspect_err(|error| tracing::warn!(%error, "redeploys are off: no server certificate"))
+        .ok()?;
+    let Some(agent) = server.artifacts.agent_path() else {
+        tracing::warn!("redeploys are off: cannot find the agent binary; set [artifacts] agent_binary");
+        return None;
+    };
+    let listen = server.artifacts.listen.unwrap_or_else(|| std::net::SocketAddr::new(bound.ip(), 0));
+    let served = crate::artifacts::start(listen, &agent, &pki.cert_pem, &pki.key_pem, stop)
+        .await
+        .inspect_err(|error| tracing::warn!(%error, "redeploys are off: the artifacts listener did not start"))
+        .ok()?;
+    let host = |addr: std::net::SocketAddr| {
+        if addr.ip().is_unspecified() {
+            let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+            format!("{}:{}", name.trim(), addr.port())
+        } else {
+            addr.to_string()
+        }
+    };
+    Some(DeployContext {
+        coordinator_url: server.operations.coordinator_url.clone().unwrap_or_else(|| format!("https://{}", host(bound))),
+        artifacts_url: server.operations.artifacts_url.clone().unwrap_or_else(|| format!("https://{}", host(served.addr))),
+        agent_sha256: served.agent_sha256,
+        ca_pem: pki.ca_pem,
+        token_ttl: server.operations.enroll_timeout + server.operations.deploy_timeout,
+    })
+}
+
+/// The operations engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Operations {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: OperationsStore,
+    maas: Option<maas::Client>,
+    security: Arc<Security>,
+    fleet: Arc<Fleet>,
+    config: Config,
+    /// None when the coordinator serves plaintext: deploys need TLS for their tokens.
+    deploy: Option<DeployContext>,
+    /// The running operations' cancel tokens.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Serialises "check no machine is busy, then insert", so two redeploys cannot take one machine.
+    admission: tokio::sync::Mutex<()>,
+    /// Every persisted change (64: a watcher that falls behind re-reads the store).
+    updates: broadcast::Sender<Operation>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Operations {
+    /// Builds the engine; call [`Operations::resume`] to pick up operations a previous run left unfinished.
+    pub fn new(
+        store: OperationsStore,
+        maas: Option<maas::Client>,
+        security: Arc<Security>,
+        fleet: Arc<Fleet>,
+        config: Config,
+        deploy: Option<DeployContext>,
+        stop: CancellationToken,
+    ) -> Self {
+        let (updates, _) = broadcast::channel(64);
+        Operations {
+            inner: Arc::new(Inner {
+                store,
+                maas,
+                security,
+                fleet,
+                config,
+                deploy,
+                running: Mutex::new(HashMap::new()),
+                admission: tokio::sync::Mutex::new(()),
+                updates,
+                stop,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &OperationsStore {
+        &self.inner.store
+    }
+
+    /// Restarts every unfinished operation from where its record says it was.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn resume(&self) -> Result<usize, StoreError> {
+        let unfinished = self.inner.store.unfinished().await?;
+        let count = unfinished.len();
+        for op in unfinished {
+            tracing::info!(operation = %op.id, "resuming an operation left unfinished by the previous run");
+            self.spawn(op);
+        }
+        Ok(count)
+    }
+
+    /// Waits for the running operations to stop (after the stop token was cancelled).
+    pub async fn join(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    fn maas(&self) -> Result<&maas::Client, OpError> {
+        self.inner.maas.as_ref().ok_or(OpError::NoMaas)
+    }
+
+    /// Plans a redeploy and, unless it is a dry run, stores and starts it.
+    ///
+    /// # Errors
+    /// A bad request, an unknown or refused machine named explicitly, MAAS or the store failing.
+    pub async fn redeploy(&self, request: RedeployRequest) -> Result<(Option<Operation>, Vec<Planned>), OpError> {
+        let selectors = usize::from(request.tag.is_some()) + usize::from(request.pool.is_some()) + usize::from(request.all);
+        if selectors > 1 || (selectors == 1 && !request.machines.is_empty()) {
+            return Err(OpError::InvalidArgument(
+                "name machines, or give one of --tag, --pool, --all, not several".into(),
+            ));
+        }
+        if selectors == 0 && request.machines.is_empty() {
+            return Err(OpError::InvalidArgument("name at least one machine, or use --tag, --pool or --all".into()));
+        }
+        let maas = self.maas()?.clone();
+        if self.inner.deploy.is_none() && !request.dry_run {
+            return Err(OpError::FailedPrecondition(
+                "redeploy needs the coordinator to serve TLS (agents enroll with a one-time token); restart it without --insecure".into(),
+            ));
+        }
+        let _admission = self.inner.admission.lock().await;
+        let all = maas.machines(&maas::MachineFilter::default()).await?;
+        let mut chosen: Vec<&maas::Machine> = if request.machines.is_empty() {
+            all.iter()
+                .filter(|m| request.all || request.tag.as_ref().is_some_and(|t| m.tag_names.contains(t)))
+                .chain(all.iter().filter(|m| {
+                    request.pool.as_ref().is_some_and(|p| m.pool.as_ref().is_some_and(|pool| &pool.name == p))
+                }))
+                .collect()
+        } else {
+            let mut found = Vec::new();
+            for name in &request.machines {
+                let machine = all.iter().find(|m| &m.hostname == name || &m.system_id == name || &m.fqdn == name);
+                match machine {
+                    Some(m) if !found.iter().any(|f: &&maas::Machine| f.system_id == m.system_id) => found.push(m),
+                    Some(_) => {}
+                    None => return Err(OpError::NotFound(format!("MAAS has no machine {name}; see `fleetctl machines list`"))),
+                }
+            }
+            found
+        };
+        if chosen.is_empty() {
+            return Err(OpError::NotFound("no MAAS machine matches; check the tag or pool name".into()));
+        }
+        chosen.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        let me = maas.whoami().await?.username;
+        let busy = self.busy_machines().await?;
+        let max_unavailable = request.max_unavailable.max(1);
+        let mut plan = Vec::new();
+        let mut index = 0u32;
+        for m in chosen {
+            let refused = if m.locked {
+                Some(format!("{} is locked in MAAS; unlock it there first", m.hostname))
+            } else if let Some(owner) = m.owner.as_ref().filter(|o| !o.is_empty() && **o != me) {
+                Some(format!("{} is owned by MAAS user {owner}, not {me}; ask them to release it", m.hostname))
+            } else {
+                busy.get(&m.system_id)
+                    .map(|op| format!("{} is already in operation {op}; wait for it or cancel it", m.hostname))
+            };
+            let batch = if refused.is_some() { 0 } else { index / max_unavailable };
+            if refused.is_none() {
+                index += 1;
+            }
+            plan.push(Planned { system_id: m.system_id.clone(), hostname: m.hostname.clone(), batch, refused });
+        }
+        if !request.machines.is_empty() {
+            let refusals: Vec<&str> = plan.iter().filter_map(|p| p.refused.as_deref()).collect();
+            if !refusals.is_empty() {
+                return Err(OpError::FailedPrecondition(refusals.join("; ")));
+            }
+        }
+        if plan.iter().all(|p| p.refused.is_some()) {
+            let reasons: Vec<&str> = plan.iter().filter_map(|p| p.refused.as_deref()).collect();
+            return Err(OpError::FailedPrecondition(format!("every machine is refused: {}", reasons.join("; "))));
+        }
+        if request.dry_run {
+            return Ok((None, plan));
+        }
+        let distro = request.distro_series.clone().unwrap_or_else(|| self.inner.config.default_distro.clone());
+        let mut op =
+            Operation::new("redeploy", max_unavailable, request.max_failures, distro, request.user_data_template);
+        for p in &plan {
+            let mut machine = MachineOp::new(&p.system_id, &p.hostname, p.batch);
+            if let Some(reason) = &p.refused {
+                machine.state = OpState::Refused;
+                machine.message = reason.clone();
+            }
+            op.machines.push(machine);
+        }
+        op.state = OpState::Running;
+        self.inner.store.put(&op).await?;
+        tracing::info!(operation = %op.id, machines = op.machines.len(), max_unavailable, "redeploy started");
+        self.spawn(op.clone());
+        Ok((Some(op), plan))
+    }
+
+    /// system_id → operation id of every machine in an unfinished operation.
+    async fn busy_machines(&self) -> Result<HashMap<String, String>, StoreError> {
+        let mut busy = HashMap::new();
+        for op in self.inner.store.unfinished().await? {
+            for m in op.machines.iter().filter(|m| !m.state.is_final()) {
+                busy.insert(m.system_id.clone(), op.id.clone());
+            }
+        }
+        Ok(busy)
+    }
+
+    fn spawn(&self, op: Operation) {
+        let cancel = self.inner.stop.child_token();
+        self.inner.running.lock().unwrap_or_else(PoisonError::into_inner).insert(op.id.clone(), cancel.clone());
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            let id = op.id.clone();
+            runner::run_operation(this.clone(), op, cancel).await;
+            this.inner.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        });
+    }
+
+    /// Persists `op` and tells the watchers.
+    async fn save(&self, op: &mut Operation) -> Result<(), StoreError> {
+        op.updated_at = Utc::now();
+        self.inner.store.put(op).await?;
+        let _ = self.inner.updates.send(op.clone());
+        Ok(())
+    }
+
+    /// Newest first.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn list(&self, limit: u32) -> Result<Vec<Operation>, OpError> {
+        Ok(self.inner.store.list(limit).await?)
+    }
+
+    /// # Errors
+    /// [`OpError::NotFound`], or the store failed.
+    pub async fn get(&self, id: &str) -> Result<Operation, OpError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| OpError::NotFound(format!("no operation {id}; see `fleetctl operations list`")))
+    }
+
+    /// Every persisted change of every operation.
+    pub fn subscribe(&self) -> broadcast::Receiver<Operation> {
+        self.inner.updates.subscribe()
+    }
+
+    /// Asks a running operation to stop before its next step.
+    ///
+    /// # Errors
+    /// [`OpError::NotFound`], or [`OpError::FailedPrecondition`] when it already ended.
+    pub async fn cancel(&self, id: &str) -> Result<Operation, OpError> {
+        let op = self.get(id).await?;
+        if op.state.is_final() {
+            return Err(OpError::FailedPrecondition(format!("operation {id} already ended ({})", op.state.as_str())));
+        }
+        let token = self.inner.running.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned();
+        match token {
+            Some(token) => token.cancel(),
+            None => return Err(OpError::FailedPrecondition(format!("operation {id} is not running here"))),
+        }
+        // The runner writes the cancelled state; wait for it (bounded), so the answer shows it.
+        let mut updates = self.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let op = self.get(id).await?;
+            if op.state.is_final() {
+                return Ok(op);
+            }
+            match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                _ => return Ok(op),
+            }
+        }
+    }
+
+    /// Finds a MAAS machine by hostname, FQDN or system_id.
+    async fn find_machine(&self, name: &str) -> Result<maas::Machine, OpError> {
+        let maas = self.maas()?;
+        let all = maas.machines(&maas::MachineFilter::default()).await?;
+        all.into_iter()
+            .find(|m| m.hostname == name || m.system_id == name || m.fqdn == name)
+            .ok_or_else(|| OpError::NotFound(format!("MAAS has no machine {name}; see `fleetctl machines list`")))
+    }
+
+    /// Powers a machine on, off, or off then on, through MAAS.
+    ///
+    /// # Errors
+    /// An unknown machine, or MAAS's refusal with its message.
+    pub async fn power(&self, name: &str, action: PowerAction) -> Result<maas::Machine, OpError> {
+        let machine = self.find_machine(name).await?;
+        let maas = self.maas()?;
+        let id = machine.system_id.as_str();
+        let comment = Some("metalfleet: fleetctl power");
+        match action {
+            PowerAction::On => Ok(maas.power_on(id, comment).await?),
+            PowerAction::Off => {
+                maas.power_off(id, maas::StopMode::Hard, comment).await?;
+                Ok(maas.machine(id).await?)
+            }
+            PowerAction::Cycle => {
+                maas.power_off(id, maas::StopMode::Hard, comment).await?;
+                let deadline = tokio::time::Instant::now() + self.inner.config.release_timeout.min(Duration::from_secs(300));
+                loop {
+                    let now = maas.machine(id).await?;
+                    if now.power_state == maas::PowerState::Off {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(OpError::FailedPrecondition(format!(
+                            "{} did not power off in time (MAAS says {:?}); try again",
+                            machine.hostname, now.power_state
+                        )));
+                    }
+                    tokio::time::sleep(self.inner.config.poll_interval).await;
+                }
+                Ok(maas.power_on(id, comment).await?)
+            }
+        }
+    }
+
+    /// Forgets a machine: releases it in MAAS when asked, revokes its agents' certificates, keeps its history.
+    ///
+    /// # Errors
+    /// An unknown machine, MAAS's refusal, or the store failing.
+    pub async fn forget(&self, name: &str, release: bool) -> Result<(maas::Machine, u32, bool), OpError> {
+        let machine = self.find_machine(name).await?;
+        let busy = self.busy_machines().await?;
+        if let Some(op) = busy.get(&machine.system_id) {
+            return Err(OpError::FailedPrecondition(format!(
+                "{} is in operation {op}; cancel it first (`fleetctl operations cancel {op}`)",
+                machine.hostname
+            )));
+        }
+        let mut released = false;
+        if release {
+            let options = maas::ReleaseOptions { comment: Some("metalfleet: fleetctl machines forget".into()), ..Default::default() };
+            self.maas()?.release(&machine.system_id, &options).await?;
+            released = true;
+        }
+        let mut revoked = 0;
+        for view in self.inner.fleet.machines() {
+            let m = &view.machine;
+            if m.system_id.as_deref() == Some(machine.system_id.as_str()) || m.hostname == machine.hostname {
+                revoked += self.inner.security.revoke_machine(&m.id).await?;
+                self.inner.fleet.mark_revoked(&m.id);
+            }
+        }
+        tracing::info!(system_id = %machine.system_id, hostname = %machine.hostname, revoked, released, "machine forgotten");
+        Ok((machine, revoked, released))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let config = Config::default();
+        assert_eq!(config.poll_interval, Duration::from_secs(2));
+        assert_eq!(config.default_distro, "jammy");
+        let config: Config = toml::from_str("poll_interval = \"100ms\"\ncoordinator_url = \"https://m:7443\"\n").unwrap();
+        assert_eq!(config.poll_interval, Duration::from_millis(100));
+        assert!(toml::from_str::<Config>("bogus = 1\n").unwrap_err().to_string().contains("bogus"));
+    }
+
+    #[test]
+    fn states_say_when_they_are_final() {
+        assert!(!OpState::Running.is_final());
+        assert!(!OpState::Pending.is_final());
+        for s in [OpState::Succeeded, OpState::Failed, OpState::Cancelled, OpState::Refused, OpState::Skipped] {
+            assert!(s.is_final(), "{s:?}");
+        }
+        assert_eq!(Step::ALL.map(Step::as_str)[3], "deploy");
+    }
+
+    #[test]
+    fn operation_ids_are_unique_and_counts_failures() {
+        let mut a = Operation::new("redeploy", 0, 1, "jammy".into(), None);
+        let b = Operation::new("redeploy", 2, 1, "jammy".into(), None);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.max_unavailable, 1, "0 means 1");
+        a.machines.push(MachineOp::new("s1", "server1", 0));
+        a.machines[0].state = OpState::Failed;
+        assert_eq!(a.failures(), 1);
+    }
+}
