@@ -63,13 +63,22 @@ fn stale_text(stale: &pb::LabStale) -> String {
 ///
 /// # Errors
 /// The file is bad or the coordinator unreachable.
-pub async fn plan(client: &FleetClient, json_out: bool, path: &Path, prune: bool, verbose: bool) -> Result<i32, CliError> {
+pub async fn plan(
+    client: &FleetClient,
+    json_out: bool,
+    path: &Path,
+    prune: bool,
+    verbose: bool,
+) -> Result<i32, CliError> {
     let text = load(path)?;
     let answer = client.lab_plan(text, prune).await?;
     if let Some(stale) = &answer.stale {
         if json_out {
-            println!("{}", json!({"stale": {"reason": stale.reason, "age_seconds": stale.age_seconds,
-                "last_success_at": stale.last_success_at, "machines": stale.machines}, "steps": []}));
+            println!(
+                "{}",
+                json!({"stale": {"reason": stale.reason, "age_seconds": stale.age_seconds,
+                "last_success_at": stale.last_success_at, "machines": stale.machines}, "steps": []})
+            );
         } else {
             print!("{}", stale_text(stale));
         }
@@ -77,7 +86,10 @@ pub async fn plan(client: &FleetClient, json_out: bool, path: &Path, prune: bool
     }
     if json_out {
         let changes = answer.steps.iter().filter(|s| s.action.is_change()).count();
-        println!("{}", json!({"steps": answer.steps.iter().map(step_json).collect::<Vec<_>>(), "changes": changes, "stale": null}));
+        println!(
+            "{}",
+            json!({"steps": answer.steps.iter().map(step_json).collect::<Vec<_>>(), "changes": changes, "stale": null})
+        );
     } else {
         print!("{}", plan_text(&answer.steps, verbose));
     }
@@ -95,7 +107,14 @@ fn confirm(question: &str) -> bool {
 ///
 /// # Errors
 /// The file is bad, the coordinator unreachable, or MAAS unreachable (apply refused).
-pub async fn apply(client: &FleetClient, json_out: bool, path: &Path, prune: bool, yes: bool, destroy: bool) -> Result<i32, CliError> {
+pub async fn apply(
+    client: &FleetClient,
+    json_out: bool,
+    path: &Path,
+    prune: bool,
+    yes: bool,
+    destroy: bool,
+) -> Result<i32, CliError> {
     let text = load(path)?;
     if !destroy {
         let answer = client.lab_plan(text.clone(), prune).await?;
@@ -113,9 +132,16 @@ pub async fn apply(client: &FleetClient, json_out: bool, path: &Path, prune: boo
         return Err(CliError::Usage("destroy cancelled; nothing was changed".into()));
     }
     let mut stream = Box::pin(client.lab_apply(text, prune, destroy).await?);
-    let bar = if json_out || !std::io::IsTerminal::is_terminal(&std::io::stderr()) { None } else { Some(ProgressBar::new(100)) };
+    let bar = if json_out || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        None
+    } else {
+        Some(ProgressBar::new(100))
+    };
     if let Some(bar) = &bar {
-        bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
     }
     let mut outcome = Err(CliError::Failed("the coordinator ended the apply without a result; run it again".into()));
     while let Some(item) = stream.next().await {

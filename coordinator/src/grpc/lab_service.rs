@@ -50,8 +50,22 @@ pub fn status(error: PlanError) -> Status {
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::LabProgress, Status>> + Send>>;
 
 impl LabApi {
-    pub fn new(maas: Option<maas::Client>, view: Option<MaasView>, fleet: Arc<Fleet>, state_dir: PathBuf, config: LabConfig) -> Self {
-        LabApi { maas, view, fleet, state_dir, config, router_timeout: Duration::from_secs(10), running: Arc::new(Mutex::new(())) }
+    pub fn new(
+        maas: Option<maas::Client>,
+        view: Option<MaasView>,
+        fleet: Arc<Fleet>,
+        state_dir: PathBuf,
+        config: LabConfig,
+    ) -> Self {
+        LabApi {
+            maas,
+            view,
+            fleet,
+            state_dir,
+            config,
+            router_timeout: Duration::from_secs(10),
+            running: Arc::new(Mutex::new(())),
+        }
     }
 
     fn parse(text: &str) -> Result<LabFile, Status> {
@@ -91,7 +105,11 @@ impl LabApi {
     async fn refusal(&self, error: PlanError) -> Status {
         if matches!(error, PlanError::Maas { .. }) {
             let stale = self.stale(&error).await;
-            let age = if stale.age_seconds < 0.0 { "never read".to_string() } else { format!("{:.0}s old", stale.age_seconds) };
+            let age = if stale.age_seconds < 0.0 {
+                "never read".to_string()
+            } else {
+                format!("{:.0}s old", stale.age_seconds)
+            };
             return Status::unavailable(format!(
                 "apply refused: {error}; the last known MAAS state is {age}; run it again once MAAS answers"
             ));
@@ -114,7 +132,10 @@ impl LabService for LabApi {
         match self.read(&lab).await {
             Ok((live, _)) => {
                 let plan = plan::plan(&lab, &live, prune).map_err(status)?;
-                Ok(Response::new(pb::LabPlanResponse { steps: plan.steps.iter().map(wire::step_to_wire).collect(), stale: None }))
+                Ok(Response::new(pb::LabPlanResponse {
+                    steps: plan.steps.iter().map(wire::step_to_wire).collect(),
+                    stale: None,
+                }))
             }
             Err(error @ PlanError::Maas { .. }) => {
                 Ok(Response::new(pb::LabPlanResponse { steps: Vec::new(), stale: Some(self.stale(&error).await) }))

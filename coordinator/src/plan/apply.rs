@@ -16,13 +16,32 @@ use crate::maas::{self, CommissionOptions, DnssecValidation, NodeStatus, SubnetR
 pub enum Progress {
     /// The plan about to be applied (every step, unchanged ones included).
     Planned(Plan),
-    Started { index: usize, total: usize, step: Step },
+    Started {
+        index: usize,
+        total: usize,
+        step: Step,
+    },
     /// A long step's progress: `current` of `goal` (percent for images, machines Ready for commissioning).
-    Working { index: usize, current: u64, goal: u64, message: String },
-    Done { index: usize, step: Step },
+    Working {
+        index: usize,
+        current: u64,
+        goal: u64,
+        message: String,
+    },
+    Done {
+        index: usize,
+        step: Step,
+    },
     /// The apply stopped at this step; `left` are the steps not done.
-    Failed { index: usize, step: Step, reason: String, left: Vec<Step> },
-    Finished { changes: usize },
+    Failed {
+        index: usize,
+        step: Step,
+        reason: String,
+        left: Vec<Step>,
+    },
+    Finished {
+        changes: usize,
+    },
 }
 
 /// What `apply` needs: MAAS, the router when the plan has one, and how to wait.
@@ -39,7 +58,8 @@ pub struct Context<'a> {
 /// # Errors
 /// The reason of the first failing step (also sent as [`Progress::Failed`]).
 pub async fn apply(ctx: &mut Context<'_>, plan: &Plan, progress: &mpsc::Sender<Progress>) -> Result<usize, String> {
-    let todo: Vec<&Step> = plan.steps.iter().filter(|s| s.op.is_some() && s.action != super::Action::Unchanged).collect();
+    let todo: Vec<&Step> =
+        plan.steps.iter().filter(|s| s.op.is_some() && s.action != super::Action::Unchanged).collect();
     let total = todo.len();
     let mut changes = 0;
     for (index, step) in todo.iter().enumerate() {
@@ -118,7 +138,9 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
             }
         }
         Op::UpstreamDns(servers) => m.set_upstream_dns(servers).await.map_err(maas_reason)?,
-        Op::Dnssec(value) => m.set_dnssec_validation(&DnssecValidation::from(value.as_str())).await.map_err(maas_reason)?,
+        Op::Dnssec(value) => {
+            m.set_dnssec_validation(&DnssecValidation::from(value.as_str())).await.map_err(maas_reason)?
+        }
         Op::CreateSelection { source, selection } => {
             m.create_boot_source_selection(*source, selection).await.map_err(maas_reason)?;
         }
@@ -133,7 +155,8 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
                 let mut total = 0.0;
                 let mut all = true;
                 for (name, arch) in images {
-                    let found = resources.iter().find(|r| &r.name == name && r.architecture.split('/').next() == Some(arch));
+                    let found =
+                        resources.iter().find(|r| &r.name == name && r.architecture.split('/').next() == Some(arch));
                     let (done, pct) = match found {
                         Some(r) => {
                             let full = m.boot_resource(r.id).await.map_err(maas_reason)?;
@@ -192,7 +215,10 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("machines not Ready within {:?}; see `fleetctl machines list`", ctx.wait_timeout));
+                    return Err(format!(
+                        "machines not Ready within {:?}; see `fleetctl machines list`",
+                        ctx.wait_timeout
+                    ));
                 }
                 tokio::time::sleep(ctx.wait_poll).await;
             }

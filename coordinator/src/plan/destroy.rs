@@ -17,7 +17,10 @@ pub fn plan(lab: &LabFile, live: &Live) -> Plan {
     let mut steps = Vec::new();
     for machine in &lab.machines {
         if let Some(m) = live.machines.iter().find(|m| m.hostname == machine.hostname)
-            && matches!(m.status, NodeStatus::Deployed | NodeStatus::Deploying | NodeStatus::Allocated | NodeStatus::FailedDeployment)
+            && matches!(
+                m.status,
+                NodeStatus::Deployed | NodeStatus::Deploying | NodeStatus::Allocated | NodeStatus::FailedDeployment
+            )
         {
             steps.push(step(
                 Action::Delete,

@@ -18,33 +18,75 @@ use crate::maas::{self, IpRangeType, NewBootSourceSelection, NewIpRange, NewMach
 pub enum Op {
     RouterDhcpOff,
     /// Probe on MAIN's interface; any offer stops the apply.
-    ProveNoDhcp { interface: String },
+    ProveNoDhcp {
+        interface: String,
+    },
     CreateRange(NewIpRange),
-    DeleteRange { id: i64 },
-    SubnetDns { subnet: i64, servers: Vec<String> },
-    MaasDhcpOn { fabric_id: i64, vid: u16, rack: String },
+    DeleteRange {
+        id: i64,
+    },
+    SubnetDns {
+        subnet: i64,
+        servers: Vec<String>,
+    },
+    MaasDhcpOn {
+        fabric_id: i64,
+        vid: u16,
+        rack: String,
+    },
     /// Probe after MAAS DHCP is on; an offer from any server other than `maas_ip` stops the apply.
-    ProveOnlyMaas { interface: String, maas_ip: Option<String> },
+    ProveOnlyMaas {
+        interface: String,
+        maas_ip: Option<String>,
+    },
     UpstreamDns(Vec<String>),
     Dnssec(String),
-    CreateSelection { source: i64, selection: NewBootSourceSelection },
-    SelectionArches { source: i64, selection: i64, arches: Vec<String> },
+    CreateSelection {
+        source: i64,
+        selection: NewBootSourceSelection,
+    },
+    SelectionArches {
+        source: i64,
+        selection: i64,
+        arches: Vec<String>,
+    },
     /// Start the import and wait until each `os/release` + arch is synced.
-    ImportImages { images: Vec<(String, String)> },
+    ImportImages {
+        images: Vec<(String, String)>,
+    },
     CreateSshKey(String),
-    DeleteSshKey { id: i64 },
+    DeleteSshKey {
+        id: i64,
+    },
     KernelOpts(String),
     CreateMachine(NewMachine),
-    Commission { system_id: String },
+    Commission {
+        system_id: String,
+    },
     /// Wait until every named machine is Ready (or further along).
-    WaitReady { hostnames: Vec<String> },
-    CreateDevice { hostname: String, mac: String },
+    WaitReady {
+        hostnames: Vec<String>,
+    },
+    CreateDevice {
+        hostname: String,
+        mac: String,
+    },
     Forward(PortForward),
-    RemoveForward { name: String },
-    RemoteManagement { enabled: bool, from: Vec<String> },
+    RemoveForward {
+        name: String,
+    },
+    RemoteManagement {
+        enabled: bool,
+        from: Vec<String>,
+    },
     // Destroy only.
-    Release { system_id: String },
-    MaasDhcpOff { fabric_id: i64, vid: u16 },
+    Release {
+        system_id: String,
+    },
+    MaasDhcpOff {
+        fabric_id: i64,
+        vid: u16,
+    },
     /// The shim removes what it created and gives the router its DHCP back.
     RouterReset,
 }
@@ -72,9 +114,7 @@ fn ip_range_type(t: RangeType) -> IpRangeType {
 /// True when `resource` is `os/release` for `arch` and has a complete set.
 fn synced(live: &Live, os: &str, release: &str, arch: &str) -> bool {
     let name = format!("{os}/{release}");
-    live.resources
-        .iter()
-        .any(|r| r.name == name && r.architecture.split('/').next() == Some(arch) && r.is_synced())
+    live.resources.iter().any(|r| r.name == name && r.architecture.split('/').next() == Some(arch) && r.is_synced())
 }
 
 /// Computes the plan. `prune` adds deletions of ranges (on the plan's subnet), SSH keys and forwards the plan
@@ -104,7 +144,10 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
                 Some(Op::RouterDhcpOff),
             ));
         } else {
-            steps.push(unchanged("router_dhcp", format!("router DHCP {}", if state.dhcp_enabled { "on" } else { "off" })));
+            steps.push(unchanged(
+                "router_dhcp",
+                format!("router DHCP {}", if state.dhcp_enabled { "on" } else { "off" }),
+            ));
         }
     }
     if maas_dhcp_needed && let Some(interface) = &probe_interface {
@@ -122,19 +165,23 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             .ip_ranges
             .iter()
             .filter(|r| {
-                r.subnet.as_ref().map(|s| s.id == subnet.id).unwrap_or_else(|| super::cidr_contains(&plan.cidr, &r.start_ip))
+                r.subnet
+                    .as_ref()
+                    .map(|s| s.id == subnet.id)
+                    .unwrap_or_else(|| super::cidr_contains(&plan.cidr, &r.start_ip))
             })
             .collect();
         let mut wanted = BTreeSet::new();
         for range in &plan.ranges {
             let (start, end) = (range.start.to_string(), range.end.to_string());
-            let found = on_subnet.iter().find(|r| {
-                r.start_ip == start && r.end_ip == end && r.range_type.as_str() == range.range_type.as_str()
-            });
+            let found = on_subnet
+                .iter()
+                .find(|r| r.start_ip == start && r.end_ip == end && r.range_type.as_str() == range.range_type.as_str());
             match found {
                 Some(r) => {
                     wanted.insert(r.id);
-                    steps.push(unchanged("ip_range", format!("ip range {start}-{end} ({})", range.range_type.as_str())));
+                    steps
+                        .push(unchanged("ip_range", format!("ip range {start}-{end} ({})", range.range_type.as_str())));
                 }
                 None => steps.push(step(
                     Action::Create,
@@ -165,7 +212,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
                 steps.push(step(
                     Action::Update,
                     "subnet_dns",
-                    format!("set subnet {} dns_servers: {:?} -> {:?}", plan.cidr, subnet.dns_servers.join(" "), servers.join(" ")),
+                    format!(
+                        "set subnet {} dns_servers: {:?} -> {:?}",
+                        plan.cidr,
+                        subnet.dns_servers.join(" "),
+                        servers.join(" ")
+                    ),
                     Some(Op::SubnetDns { subnet: subnet.id, servers: servers.clone() }),
                 ));
             } else {
@@ -174,7 +226,8 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
         }
         if plan.dhcp {
             let vlan = vlan.clone().ok_or_else(|| PlanError::NoRack { cidr: plan.cidr.clone() })?;
-            let (rack, rack_ip) = live.rack_on(vlan.id, &plan.cidr).ok_or_else(|| PlanError::NoRack { cidr: plan.cidr.clone() })?;
+            let (rack, rack_ip) =
+                live.rack_on(vlan.id, &plan.cidr).ok_or_else(|| PlanError::NoRack { cidr: plan.cidr.clone() })?;
             let where_ = format!("VLAN {}/{} (primary rack {})", vlan.fabric, vlan.name, rack.hostname);
             if vlan.dhcp_on {
                 steps.push(unchanged("maas_dhcp", format!("MAAS DHCP on {where_}")));
@@ -294,7 +347,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
         if live_keys.iter().any(|(_, k)| *k == identity) {
             steps.push(unchanged("ssh_key", format!("ssh key {short}")));
         } else {
-            steps.push(step(Action::Create, "ssh_key", format!("create ssh key {short}"), Some(Op::CreateSshKey(key.to_string()))));
+            steps.push(step(
+                Action::Create,
+                "ssh_key",
+                format!("create ssh key {short}"),
+                Some(Op::CreateSshKey(key.to_string())),
+            ));
         }
     }
     if prune {
@@ -336,7 +394,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
                 steps.push(step(
                     Action::Create,
                     "machine",
-                    format!("create machine {} ({}, {}) and commission it", machine.hostname, machine.power_type, macs.join(", ")),
+                    format!(
+                        "create machine {} ({}, {}) and commission it",
+                        machine.hostname,
+                        machine.power_type,
+                        macs.join(", ")
+                    ),
                     Some(Op::CreateMachine(NewMachine {
                         architecture: machine.architecture.clone(),
                         mac_addresses: macs.clone(),
@@ -470,7 +533,14 @@ pub fn forward_of(plan: &super::file::ForwardPlan) -> PortForward {
 }
 
 fn describe_forward(f: &PortForward) -> String {
-    format!("{} {}/{} -> {}{}", f.name, f.protocol, f.external_port, f.target, if f.protected { " (protected)" } else { "" })
+    format!(
+        "{} {}/{} -> {}{}",
+        f.name,
+        f.protocol,
+        f.external_port,
+        f.target,
+        if f.protected { " (protected)" } else { "" }
+    )
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::file::{
-    DevicePlan, ForwardPlan, Image, LabFile, MachinePlan, MaasSettings, RangePlan, RangeType, RemoteManagementPlan,
+    DevicePlan, ForwardPlan, Image, LabFile, MaasSettings, MachinePlan, RangePlan, RangeType, RemoteManagementPlan,
     SshKey, SubnetPlan,
 };
 use super::live::Live;
@@ -32,9 +32,9 @@ pub fn export(live: &Live, applied: Option<&LabFile>) -> LabFile {
     }
     lab.ssh_keys = live.ssh_keys.iter().map(|k| SshKey { key: Some(k.key.clone()), file: None }).collect();
     // The lab's subnet: the applied plan's, else the one whose VLAN has DHCP on, else the rack's first.
-    let cidr = applied.and_then(|a| a.subnet.as_ref().map(|s| s.cidr.clone())).or_else(|| {
-        live.subnets.iter().find(|s| s.vlan.as_ref().is_some_and(|v| v.dhcp_on)).map(|s| s.cidr.clone())
-    });
+    let cidr = applied
+        .and_then(|a| a.subnet.as_ref().map(|s| s.cidr.clone()))
+        .or_else(|| live.subnets.iter().find(|s| s.vlan.as_ref().is_some_and(|v| v.dhcp_on)).map(|s| s.cidr.clone()));
     if let Some(subnet) = cidr.as_deref().and_then(|c| live.subnet(c)) {
         let ranges = live
             .ip_ranges
@@ -77,7 +77,12 @@ pub fn export(live: &Live, applied: Option<&LabFile>) -> LabFile {
             let before = applied_machines.get(m.hostname.as_str());
             MachinePlan {
                 hostname: m.hostname.clone(),
-                macs: m.interface_set.iter().map(|i| i.mac_address.to_ascii_lowercase()).filter(|x| !x.is_empty()).collect(),
+                macs: m
+                    .interface_set
+                    .iter()
+                    .map(|i| i.mac_address.to_ascii_lowercase())
+                    .filter(|x| !x.is_empty())
+                    .collect(),
                 architecture: m.architecture.clone(),
                 power_type: m.power_type.clone(),
                 power_parameters: BTreeMap::new(),

@@ -290,13 +290,19 @@ impl LabFile {
             }
             for mac in &machine.macs {
                 if !is_mac(mac) {
-                    return Err(bad(format!("machines `{}`: {mac:?} is not a MAC like aa:bb:cc:dd:ee:ff", machine.hostname)));
+                    return Err(bad(format!(
+                        "machines `{}`: {mac:?} is not a MAC like aa:bb:cc:dd:ee:ff",
+                        machine.hostname
+                    )));
                 }
             }
             if let Some(profile) = &machine.profile
                 && !self.profiles.contains_key(profile)
             {
-                return Err(bad(format!("machines `{}`: profile {profile:?} has no [profiles.{profile}]", machine.hostname)));
+                return Err(bad(format!(
+                    "machines `{}`: profile {profile:?} has no [profiles.{profile}]",
+                    machine.hostname
+                )));
             }
         }
         for device in &self.devices {
@@ -335,8 +341,8 @@ impl LabFile {
                     (Ok(rest), Some(home)) => home.join(rest),
                     _ => file.clone(),
                 };
-                let text =
-                    std::fs::read_to_string(&path).map_err(|source| FileError::KeyFile { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| FileError::KeyFile { path: path.clone(), source })?;
                 key.key = Some(text.trim().to_string());
             }
         }
@@ -414,10 +420,13 @@ mod tests {
         assert!(err.to_string().contains("exactly one"), "{err}");
         let err = parse("[[machines]]\nhostname = \"s\"\nmacs = [\"zz\"]\n").unwrap_err();
         assert!(err.to_string().contains("not a MAC"), "{err}");
-        let err = parse("[[machines]]\nhostname = \"s\"\nmacs = [\"52:54:00:00:00:01\"]\nprofile = \"big\"\n").unwrap_err();
+        let err =
+            parse("[[machines]]\nhostname = \"s\"\nmacs = [\"52:54:00:00:00:01\"]\nprofile = \"big\"\n").unwrap_err();
         assert!(err.to_string().contains("[profiles.big]"), "{err}");
-        let err = parse("[subnet]\ncidr = \"x\"\n[[subnet.ranges]]\ntype = \"dynamic\"\nstart = \"10.0.0.9\"\nend = \"10.0.0.1\"\n")
-            .unwrap_err();
+        let err = parse(
+            "[subnet]\ncidr = \"x\"\n[[subnet.ranges]]\ntype = \"dynamic\"\nstart = \"10.0.0.9\"\nend = \"10.0.0.1\"\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("after end"), "{err}");
     }
 

@@ -38,9 +38,10 @@ impl Live {
 
     /// The rack controller with an interface on `vlan_id`, and its IP inside `cidr`.
     pub fn rack_on(&self, vlan_id: i64, cidr: &str) -> Option<(&maas::RackController, Option<String>)> {
-        let rack = self.racks.iter().find(|r| r.is_on_vlan(vlan_id)).or_else(|| {
-            self.racks.iter().find(|r| r.ip_addresses.iter().any(|ip| super::cidr_contains(cidr, ip)))
-        })?;
+        let rack =
+            self.racks.iter().find(|r| r.is_on_vlan(vlan_id)).or_else(|| {
+                self.racks.iter().find(|r| r.ip_addresses.iter().any(|ip| super::cidr_contains(cidr, ip)))
+            })?;
         let ip = rack.ip_addresses.iter().find(|ip| super::cidr_contains(cidr, ip)).cloned();
         Some((rack, ip))
     }

@@ -64,7 +64,10 @@ impl Reconciler {
                         if let Some(external) = vlan.external_dhcp.filter(|e| !e.is_empty()) {
                             self.events.emit(event(
                                 "dhcp_foreign",
-                                format!("MAAS reports a foreign DHCP server {external} on VLAN {}/{}", vlan.fabric, vlan.name),
+                                format!(
+                                    "MAAS reports a foreign DHCP server {external} on VLAN {}/{}",
+                                    vlan.fabric, vlan.name
+                                ),
                             ));
                         }
                         if let Ok(racks) = client.rack_controllers().await {

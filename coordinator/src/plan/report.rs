@@ -165,13 +165,21 @@ pub fn markdown(r: &Value) -> String {
     if sub.is_null() {
         let _ = writeln!(out, "No lab subnet found in MAAS.");
     } else {
-        let _ = writeln!(out, "- CIDR: {} (VLAN {}, gateway {})", s(&sub["cidr"]), s(&sub["vlan"]), s(&sub["gateway_ip"]));
+        let _ =
+            writeln!(out, "- CIDR: {} (VLAN {}, gateway {})", s(&sub["cidr"]), s(&sub["vlan"]), s(&sub["gateway_ip"]));
         let _ = writeln!(out, "- DNS servers: {}", list(&sub["dns_servers"]));
         let _ = writeln!(out, "- MAAS DHCP: {} (primary rack {})", onoff(&sub["dhcp_on"]), s(&sub["primary_rack"]));
         let _ = writeln!(out, "- Foreign DHCP seen by MAAS (external_dhcp): {}", s(&sub["external_dhcp"]));
         let _ = writeln!(out, "\n| type | start | end | comment |\n| --- | --- | --- | --- |");
         for range in sub["ranges"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "| {} | {} | {} | {} |", s(&range["type"]), s(&range["start"]), s(&range["end"]), s(&range["comment"]));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                s(&range["type"]),
+                s(&range["start"]),
+                s(&range["end"]),
+                s(&range["comment"])
+            );
         }
     }
     let _ = writeln!(out, "\n## Router\n");
@@ -186,19 +194,41 @@ pub fn markdown(r: &Value) -> String {
         let _ = writeln!(out, "- Router DHCP: {}", onoff(&state["dhcp_enabled"]));
         let rm = &state["remote_management"];
         let _ = writeln!(out, "- Remote management: {} from {}", onoff(&rm["enabled"]), list(&rm["from"]));
-        let _ = writeln!(out, "\n| forward | proto | external port | to | protected |\n| --- | --- | --- | --- | --- |");
+        let _ =
+            writeln!(out, "\n| forward | proto | external port | to | protected |\n| --- | --- | --- | --- | --- |");
         for f in state["forwards"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "| {} | {} | {} | {} | {} |", s(&f["name"]), s(&f["proto"]), s(&f["external_port"]), s(&f["to"]), s(&f["protected"]));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                s(&f["name"]),
+                s(&f["proto"]),
+                s(&f["external_port"]),
+                s(&f["to"]),
+                s(&f["protected"])
+            );
         }
     }
-    let _ = writeln!(out, "\n### DHCP probe from MAIN (raw)\n\n```json\n{}\n```", serde_json::to_string_pretty(&router["probe"]).unwrap_or_default());
-    let _ = writeln!(out, "\n## Machines\n\n| hostname | status | CPUs | memory (bytes) | storage (bytes) | disks | IPs | health |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "\n### DHCP probe from MAIN (raw)\n\n```json\n{}\n```",
+        serde_json::to_string_pretty(&router["probe"]).unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "\n## Machines\n\n| hostname | status | CPUs | memory (bytes) | storage (bytes) | disks | IPs | health |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for x in r["machines"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            s(&x["hostname"]), s(&x["status"]), s(&x["cpu_count"]), s(&x["memory_bytes"]), s(&x["storage_bytes"]),
-            s(&x["disks"]), list(&x["ip_addresses"]), s(&x["health"])
+            s(&x["hostname"]),
+            s(&x["status"]),
+            s(&x["cpu_count"]),
+            s(&x["memory_bytes"]),
+            s(&x["storage_bytes"]),
+            s(&x["disks"]),
+            list(&x["ip_addresses"]),
+            s(&x["health"])
         );
     }
     let _ = writeln!(out, "\n## Fleet health\n");

@@ -4,5 +4,6 @@
 //! the system has its own module.
 
 mod foundation;
+mod lab;
 mod maas;
 mod security;

@@ -35,9 +35,7 @@ impl FleetClient {
     ) -> Result<impl Stream<Item = Result<pb::LabProgress, ClientError>> + use<>, ClientError> {
         let mut client = self.lab.clone();
         let request = pb::LabApplyRequest { lab_toml, prune };
-        let call = async {
-            if destroy { client.destroy(request).await } else { client.apply(request).await }
-        };
+        let call = async { if destroy { client.destroy(request).await } else { client.apply(request).await } };
         let stream = self.unary(call).await?;
         let url = self.url.clone();
         Ok(stream.map(move |item| item.map_err(|status| ClientError::from_status(&url, status))))

@@ -77,7 +77,8 @@ mod tests {
     #[test]
     fn failure_carries_reason_and_what_is_left() {
         let step = Step { action: Action::Check, kind: "dhcp_probe".into(), summary: "prove".into(), op: None };
-        let wire = progress_to_wire(&Progress::Failed { index: 1, step: step.clone(), reason: "r".into(), left: vec![step] });
+        let wire =
+            progress_to_wire(&Progress::Failed { index: 1, step: step.clone(), reason: "r".into(), left: vec![step] });
         assert_eq!((wire.kind.as_str(), wire.message.as_str(), wire.steps.len()), ("failed", "r", 1));
     }
 }

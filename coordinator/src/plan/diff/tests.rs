@@ -74,22 +74,41 @@ fn kinds(plan: &Plan) -> Vec<(&str, Action)> {
 #[test]
 fn from_zero_the_order_is_the_safe_one() {
     let plan = plan(&lab(), &fresh_maas(), false).unwrap();
-    let order: Vec<&str> = plan.steps.iter().filter(|s| s.action != Action::Unchanged).map(|s| s.kind.as_str()).collect();
+    let order: Vec<&str> =
+        plan.steps.iter().filter(|s| s.action != Action::Unchanged).map(|s| s.kind.as_str()).collect();
     assert_eq!(
         order,
         [
-            "router_dhcp", "dhcp_probe", "ip_range", "maas_dhcp", "dhcp_probe", "upstream_dns", "image_selection",
-            "image_import", "ssh_key", "kernel_opts", "machine", "machine_ready", "forward"
+            "router_dhcp",
+            "dhcp_probe",
+            "ip_range",
+            "maas_dhcp",
+            "dhcp_probe",
+            "upstream_dns",
+            "image_selection",
+            "image_import",
+            "ssh_key",
+            "kernel_opts",
+            "machine",
+            "machine_ready",
+            "forward"
         ]
     );
     let text: Vec<String> = plan.steps.iter().map(ToString::to_string).collect();
-    assert!(text.contains(&"+ create ip range 172.16.11.1-172.16.14.255 (dynamic) \"reserved range (MAAS dynamic)\"".to_string()), "{text:#?}");
+    assert!(
+        text.contains(
+            &"+ create ip range 172.16.11.1-172.16.14.255 (dynamic) \"reserved range (MAAS dynamic)\"".to_string()
+        ),
+        "{text:#?}"
+    );
     assert!(text.contains(&"~ set upstream_dns: \"\" -> \"172.20.129.131\"".to_string()), "{text:#?}");
     // The probe that must see nobody comes after the router's DHCP is off and before MAAS DHCP is on.
     let probe = plan.steps.iter().position(|s| s.op == Some(Op::ProveNoDhcp { interface: "lan0".into() })).unwrap();
     let dhcp = plan.steps.iter().position(|s| s.kind == "maas_dhcp").unwrap();
     assert!(probe < dhcp);
-    assert!(matches!(&plan.steps[dhcp + 1].op, Some(Op::ProveOnlyMaas { maas_ip: Some(ip), .. }) if ip == "172.16.0.3"));
+    assert!(
+        matches!(&plan.steps[dhcp + 1].op, Some(Op::ProveOnlyMaas { maas_ip: Some(ip), .. }) if ip == "172.16.0.3")
+    );
 }
 
 #[test]
@@ -98,19 +117,28 @@ fn a_lab_as_planned_has_no_changes() {
     live.upstream_dns = vec!["172.20.129.131".into()];
     live.kernel_opts = "net.ifnames=0".into();
     live.subnets[0].vlan = Some(vlan(true));
-    live.ip_ranges = vec![serde_json::from_value(serde_json::json!({"id": 7, "type": "dynamic",
+    live.ip_ranges = vec![
+        serde_json::from_value(serde_json::json!({"id": 7, "type": "dynamic",
         "start_ip": "172.16.11.1", "end_ip": "172.16.14.255", "subnet": {"id": 1, "cidr": "172.16.0.0/20"}}))
-    .unwrap()];
-    live.selections = vec![serde_json::from_value(serde_json::json!({"id": 1, "os": "ubuntu", "release": "jammy",
+        .unwrap(),
+    ];
+    live.selections = vec![
+        serde_json::from_value(serde_json::json!({"id": 1, "os": "ubuntu", "release": "jammy",
         "arches": ["amd64"]}))
-    .unwrap()];
-    live.resources = vec![serde_json::from_value(serde_json::json!({"id": 3, "name": "ubuntu/jammy",
+        .unwrap(),
+    ];
+    live.resources = vec![
+        serde_json::from_value(serde_json::json!({"id": 3, "name": "ubuntu/jammy",
         "architecture": "amd64/ga-22.04", "sets": {"20240101": {"complete": true}}}))
-    .unwrap()];
-    live.ssh_keys = vec![serde_json::from_value(serde_json::json!({"id": 1, "key": "ssh-ed25519 AAAAC3Nza other"})).unwrap()];
-    live.machines = vec![serde_json::from_value(serde_json::json!({"system_id": "abc", "hostname": "server1",
+        .unwrap(),
+    ];
+    live.ssh_keys =
+        vec![serde_json::from_value(serde_json::json!({"id": 1, "key": "ssh-ed25519 AAAAC3Nza other"})).unwrap()];
+    live.machines = vec![
+        serde_json::from_value(serde_json::json!({"system_id": "abc", "hostname": "server1",
         "status": 4}))
-    .unwrap()];
+        .unwrap(),
+    ];
     let router = live.router.as_mut().unwrap();
     router.dhcp_enabled = false;
     router.forwards = vec![forward_of(&lab().router.unwrap().forwards[0])];
@@ -122,14 +150,17 @@ fn a_lab_as_planned_has_no_changes() {
 #[test]
 fn prune_lists_what_the_plan_does_not_mention() {
     let mut live = fresh_maas();
-    live.ip_ranges = vec![serde_json::from_value(serde_json::json!({"id": 9, "type": "reserved",
+    live.ip_ranges = vec![
+        serde_json::from_value(serde_json::json!({"id": 9, "type": "reserved",
         "start_ip": "172.16.0.10", "end_ip": "172.16.0.20", "subnet": {"id": 1}}))
-    .unwrap()];
+        .unwrap(),
+    ];
     live.ssh_keys = vec![serde_json::from_value(serde_json::json!({"id": 4, "key": "ssh-rsa BBBB old"})).unwrap()];
     let without = plan(&lab(), &live, false).unwrap();
     assert!(without.steps.iter().all(|s| s.action != Action::Delete));
     let with = plan(&lab(), &live, true).unwrap();
-    let deletes: Vec<&str> = with.steps.iter().filter(|s| s.action == Action::Delete).map(|s| s.kind.as_str()).collect();
+    let deletes: Vec<&str> =
+        with.steps.iter().filter(|s| s.action == Action::Delete).map(|s| s.kind.as_str()).collect();
     assert_eq!(deletes, ["ip_range", "ssh_key"]);
 }
 
