@@ -32,10 +32,13 @@ use crate::store::StoreError;
 pub const ROLE_ADMIN: &str = "admin";
 pub const ROLE_READ_ONLY: &str = "read-only";
 
-/// FleetService methods that change state (read-only operators are refused them); the ones of later
-/// issues are listed ahead so they are guarded the day they appear.
-pub const FLEET_STATE_CHANGING: &[&str] =
-    &["Redeploy", "ApplyPlan", "Power", "CancelOperation", "SetPortForward", "SetDhcp", "Destroy"];
+/// FleetService methods that change state (read-only operators are refused them). Every other
+/// operator service is wrapped in [`OperatorGate`] with its own list.
+pub const FLEET_STATE_CHANGING: &[&str] = &[];
+
+/// Services that need no operator credential, should a gate ever wrap them: the agents' own
+/// (checked per RPC), gRPC health and reflection.
+const PUBLIC_PREFIXES: &[&str] = &["/metalfleet.v1.AgentService/", "/grpc.health.v1.Health/", "/grpc.reflection."];
 
 /// What a client certificate says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,7 +448,11 @@ where
         let security = self.security.clone();
         let state_changing = self.state_changing;
         Box::pin(async move {
-            let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+            let path = request.uri().path();
+            if PUBLIC_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
+                return inner.call(request).await;
+            }
+            let method = path.rsplit('/').next().unwrap_or_default().to_string();
             let peer = peer_from_extensions(request.extensions());
             let operator = match security.operator(peer.as_ref(), request.headers()).await {
                 Ok(operator) => operator,
