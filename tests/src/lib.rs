@@ -5,6 +5,8 @@
 //! assertion never leaves a coordinator or an agent running behind the test.
 #![forbid(unsafe_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

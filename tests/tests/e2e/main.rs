@@ -5,5 +5,6 @@
 
 mod foundation;
 mod lab;
+mod lab_netns;
 mod maas;
 mod security;
