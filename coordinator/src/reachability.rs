@@ -99,10 +99,11 @@ pub struct LostNode {
     pub reason: String,
 }
 
-/// Whether the rule needs a probe for this machine: only when the agent is not answering.
+/// Whether the rule needs a probe for this machine: only when the agent is not answering and MAAS (if it knows
+/// the machine) has it deployed and not powered off; otherwise the verdict does not depend on the probe.
 pub fn needs_probe(health: Health, maas: Option<&MaasState>) -> bool {
-    let powered_off = maas.is_some_and(|m| m.power_state == "off");
-    !powered_off && matches!(health, Health::Unreachable | Health::Unknown)
+    let deployed_and_on = maas.is_none_or(|m| m.status_name == "Deployed" && m.power_state != "off");
+    deployed_and_on && matches!(health, Health::Unreachable | Health::Unknown)
 }
 
 /// The one lost-node answer. Powered off in MAAS wins (it explains everything else); an agent that answers
@@ -168,6 +169,7 @@ mod tests {
         assert!(needs_probe(Health::Unreachable, maas("Deployed", "on").as_ref()));
         assert!(!needs_probe(Health::Unreachable, maas("Deployed", "off").as_ref()));
         assert!(!needs_probe(Health::Healthy, None));
+        assert!(!needs_probe(Health::Unreachable, maas("Ready", "on").as_ref()));
     }
 
     #[test]

@@ -8,3 +8,4 @@ mod lab;
 mod lab_netns;
 mod maas;
 mod security;
+mod verify;
