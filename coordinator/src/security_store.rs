@@ -93,6 +93,9 @@ impl SecurityStore {
         let conn = Connection::open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Take the write lock at BEGIN, so a transaction never fails half-way on another writer.
+        let mut conn = conn;
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         Ok(SecurityStore { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -188,6 +191,15 @@ impl SecurityStore {
             tx.execute("UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE id = ?1", params![record.id])?;
             tx.commit()?;
             Ok(Ok(TokenRecord { uses_left: record.uses_left - 1, ..record }))
+        })
+        .await
+    }
+
+    /// Gives back the use taken by [`SecurityStore::redeem_token`] when the enrollment failed after it.
+    pub async fn refund_token(&self, id: String) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            conn.execute("UPDATE enroll_tokens SET uses_left = uses_left + 1 WHERE id = ?1", params![id])?;
+            Ok(())
         })
         .await
     }
@@ -430,6 +442,9 @@ mod tests {
 
         assert_eq!(store.redeem_token("h1".into(), vec![], now).await.unwrap().unwrap().uses_left, 0);
         assert_eq!(store.redeem_token("h1".into(), vec![], now).await.unwrap(), Err(TokenRefusal::UsedUp));
+        // An enrollment that failed after the redemption gives the use back.
+        store.refund_token("t1".into()).await.unwrap();
+        assert_eq!(store.redeem_token("h1".into(), vec![], now).await.unwrap().unwrap().uses_left, 0);
         assert_eq!(store.redeem_token("h2".into(), vec![], now).await.unwrap(), Err(TokenRefusal::Expired));
         assert_eq!(store.redeem_token("nope".into(), vec![], now).await.unwrap(), Err(TokenRefusal::Unknown));
         let other = store.redeem_token("h3".into(), vec!["server2".into()], now).await.unwrap();

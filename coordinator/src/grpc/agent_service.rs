@@ -129,7 +129,23 @@ impl AgentService for AgentApi {
             }
         }
         let agent_id = enrollment.agent_id.clone();
-        let machine = self.fleet.enroll(enrollment).await.map_err(status)?;
+        // A failure from here on gives the token's use back: the agent may retry with it.
+        let refund = |status: Status| {
+            let security = security.clone();
+            let grant = grant.clone();
+            async move {
+                if let EnrollGrant::Token(token_id) = grant
+                    && let Err(error) = security.store.refund_token(token_id).await
+                {
+                    tracing::error!(%error, "cannot give an enrollment token its use back");
+                }
+                status
+            }
+        };
+        let machine = match self.fleet.enroll(enrollment).await {
+            Ok(machine) => machine,
+            Err(error) => return Err(refund(status(error)).await),
+        };
         if let EnrollGrant::Token(token_id) = &grant {
             // The redeploy flow recognises the agent it deployed by the token it minted for that deploy.
             let recorded = security.store.record_token_enrollment(token_id.clone(), machine.id.clone(), agent_id, chrono::Utc::now());
@@ -139,9 +155,15 @@ impl AgentService for AgentApi {
         }
         let mut response = convert::enroll_response(&machine);
         if issue_cert {
-            let (certificate_pem, ca_pem) = self.issue(&security, &machine, &csr_pem).await?;
+            let (certificate_pem, ca_pem) = match self.issue(&security, &machine, &csr_pem).await {
+                Ok(issued) => issued,
+                Err(status) => return Err(refund(status).await),
+            };
             response.certificate_pem = certificate_pem;
             response.ca_pem = ca_pem;
+        } else if let Ok((_, _, bundle)) = security.ca() {
+            // Every enrollment hands out the trust bundle, so agents learn a new CA on reconnect.
+            response.ca_pem = bundle.to_string();
         }
         tracing::info!(machine_id = %machine.id, grant = ?grant, "agent enrolled");
         Ok(Response::new(response))

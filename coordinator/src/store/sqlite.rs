@@ -145,6 +145,10 @@ impl SqliteStore {
             |path: &Path| Connection::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source });
         let mut write = open(&path)?;
         configure(&write)?;
+        // Other connections write to the same file (crate::security_store, `coordinator operators add`):
+        // a deferred transaction that read first could not take the write lock later (SQLITE_BUSY
+        // without waiting); an immediate one takes it up front and waits up to the busy timeout.
+        write.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         migrate(&mut write)?;
         let read = open(&path)?;
         configure(&read)?;
