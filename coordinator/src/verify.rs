@@ -164,6 +164,19 @@ pub async fn set_expected_profiles(
     store.set_expected_profiles(profiles).await
 }
 
+/// Like [`set_expected_profiles`], for a caller that has the state directory rather than the store (the lab
+/// plan's service): opens the store in `state_dir` (SQLite in WAL mode, so beside the running server is fine).
+///
+/// # Errors
+/// The store cannot be opened, or the write failed.
+pub async fn set_expected_profiles_at(
+    state_dir: &std::path::Path,
+    profiles: Vec<(String, String, SpecProfile)>,
+) -> Result<(), StoreError> {
+    let store = crate::store::SqliteStore::open(state_dir, 1)?;
+    set_expected_profiles(&store, profiles).await
+}
+
 /// Verifies one machine (hostname, agent machine id or system_id) as it stands in the store, for a caller
 /// that needs a verdict now (a redeploy's verify step). `None` when no machine has that name.
 ///

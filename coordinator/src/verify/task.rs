@@ -419,3 +419,150 @@ fn triggers_pass(kind: &str) -> bool {
     ]
     .contains(&kind)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::config::HealthThresholds;
+    use crate::domain::maas::{MaasDisk, MaasInterface, MaasMachine};
+    use crate::domain::{BlockDevice, Enrollment, Event, Inventory};
+    use crate::fleet::FleetSettings;
+    use crate::store::{MaasStore, SqliteStore, Store};
+    use crate::verify::VerifyStore;
+
+    fn maas_machine(sid: &str, hostname: &str, mac: &str) -> MaasMachine {
+        MaasMachine {
+            system_id: sid.into(),
+            hostname: hostname.into(),
+            status: 6,
+            status_name: "Deployed".into(),
+            power_state: "on".into(),
+            owner: None,
+            ip_addresses: vec![],
+            tags: vec![],
+            zone: "default".into(),
+            pool: "default".into(),
+            cpu_count: 4,
+            cpu_speed_mhz: 2000,
+            memory_mib: 16 * 1024,
+            storage_bytes: 500_000_000_000,
+            disks: vec![MaasDisk { name: "sda".into(), size_bytes: 500_000_000_000, ..Default::default() }],
+            interfaces: vec![MaasInterface { name: "eno1".into(), mac_address: mac.into(), link_speed_mbps: 0 }],
+            updated_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+        }
+    }
+
+    fn inventory(disks: usize) -> Inventory {
+        Inventory {
+            logical_cpus: 4,
+            memory_total_bytes: (16 << 30) - (300 << 20),
+            disks: (0..disks)
+                .map(|i| BlockDevice { name: format!("sd{i}"), size_bytes: 500_000_000_000, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    async fn setup() -> (tempfile::TempDir, Arc<SqliteStore>, Arc<Fleet>, VerifyHandle, CancellationToken) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), 10).unwrap());
+        let settings = FleetSettings {
+            thresholds: HealthThresholds::default(),
+            heartbeat_interval: Duration::from_secs(1),
+            write_queue: 16,
+            evaluate_every: Duration::from_secs(3600),
+            history_samples: 10,
+        };
+        let stop = CancellationToken::new();
+        let (fleet, _tasks) = Fleet::start(store.clone(), settings, stop.clone()).await.unwrap();
+        let handle = VerifyHandle::new(fleet.clone(), store.clone(), VerifyConfig::default());
+        (dir, store, fleet, handle, stop)
+    }
+
+    async fn enroll(fleet: &Fleet, agent: &str, hostname: &str, mac: &str) -> String {
+        let enrollment = Enrollment {
+            agent_id: agent.into(),
+            hostname: hostname.into(),
+            mac_addresses: vec![mac.into()],
+            agent_version: "t".into(),
+        };
+        fleet.enroll(enrollment).await.unwrap().id
+    }
+
+    /// The kinds of the next events on `events` until one of `last` kind arrives (with a deadline).
+    async fn kinds_until(events: &mut tokio::sync::broadcast::Receiver<Event>, last: &str) -> Vec<String> {
+        let mut kinds = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+            kinds.push(event.kind.clone());
+            if event.kind == last {
+                return kinds;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_matches_records_the_baseline_and_reports_drift_then_accept_clears_it() {
+        let (_dir, store, fleet, handle, stop) = setup().await;
+        let mut events = fleet.subscribe();
+        let now = Utc::now();
+        store.record_maas_poll(vec![maas_machine("aaa", "server1", "52:54:00:00:00:01")], vec![], now).await.unwrap();
+        let id = enroll(&fleet, "agent-1", "whatever", "52:54:00:00:00:01").await;
+        fleet.report_inventory(&id, inventory(0)).await.unwrap();
+
+        let rows = handle.pass().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].verdict, rows[0].machine_id.as_deref()), (Verdict::Drift, Some(id.as_str())));
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
+        assert_eq!(fleet.machine("aaa", 0).await.unwrap().machine.id, id, "the fleet finds it by system_id");
+        let kinds = kinds_until(&mut events, kinds::SPEC_DRIFT).await;
+        assert!(kinds.contains(&kinds::MATCHED.to_string()), "{kinds:?}");
+
+        // A second pass with nothing new emits nothing new; the baseline stays the commissioned one.
+        handle.pass().await.unwrap();
+        let baselines = store.baselines().await.unwrap();
+        assert_eq!((baselines.len(), baselines[0].source), (1, BaselineSource::Commissioned));
+
+        let (row, source) = handle.accept("server1", None, "admin").await.unwrap();
+        assert_eq!((row.verdict, source), (Verdict::Pass, BaselineSource::Live));
+        let kinds = kinds_until(&mut events, kinds::SPEC_OK).await;
+        assert_eq!(kinds, [kinds::BASELINE_ACCEPTED, kinds::SPEC_OK], "no repeated drift event");
+        assert!(matches!(handle.accept("nope", None, "admin").await, Err(VerifyError::NoSuchMachine(_))));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_reported_once_and_rematch_matches_again() {
+        let (_dir, store, fleet, handle, stop) = setup().await;
+        let mut events = fleet.subscribe();
+        let machines = vec![
+            maas_machine("aaa", "server1", "52:54:00:00:00:01"),
+            maas_machine("bbb", "server2", "52:54:00:00:00:02"),
+        ];
+        store.record_maas_poll(machines, vec![], Utc::now()).await.unwrap();
+        // MACs say server1, hostname says server2: never guessed.
+        let id = enroll(&fleet, "agent-1", "server2", "52:54:00:00:00:01").await;
+        handle.pass().await.unwrap();
+        handle.pass().await.unwrap();
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id, None);
+        let kinds = kinds_until(&mut events, kinds::MATCH_CONFLICT).await;
+        assert_eq!(kinds.iter().filter(|k| *k == kinds::MATCH_CONFLICT).count(), 1);
+
+        // The agent comes back with the right hostname; a rematch is not needed for a first match.
+        let id = enroll(&fleet, "agent-1", "server1", "52:54:00:00:00:01").await;
+        handle.pass().await.unwrap();
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
+        // Its NIC is replaced (a MAC MAAS does not know): the match stays until an explicit rematch.
+        let id = enroll(&fleet, "agent-1", "server1", "52:54:00:00:99:99").await;
+        handle.pass().await.unwrap();
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
+        let rematched = handle.rematch("server1").await.unwrap();
+        assert_eq!(rematched.system_id.as_deref(), Some("aaa"));
+        assert_eq!(rematched.outcome, "matched to aaa again");
+        stop.cancel();
+    }
+}
