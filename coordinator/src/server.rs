@@ -230,13 +230,9 @@ async fn prepare_inner(
         timeout: std::time::Duration::from_secs(10),
     };
     tokio::spawn(reconciler.run(stop.child_token()));
-    let lab = crate::grpc::lab_service::LabApi::new(
-        lab_maas,
-        lab_view,
-        fleet.clone(),
-        config.state_dir.clone(),
-        config.lab,
-    );
+    let lab =
+        crate::grpc::lab_service::LabApi::new(lab_maas, lab_view, fleet.clone(), config.state_dir.clone(), config.lab)
+            .with_verify(verify_store.clone());
     let lab = proto::v1::lab_service_server::LabServiceServer::new(lab)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);

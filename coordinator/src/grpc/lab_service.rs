@@ -34,6 +34,8 @@ pub struct LabApi {
     config: LabConfig,
     router_timeout: Duration,
     running: Arc<Mutex<()>>,
+    /// Where the applied plan's expected spec profiles go for verification; `None` without verification.
+    verify: Option<Arc<dyn crate::verify::VerifySources>>,
 }
 
 /// The gRPC status for a plan error.
@@ -65,6 +67,34 @@ impl LabApi {
             config,
             router_timeout: Duration::from_secs(10),
             running: Arc::new(Mutex::new(())),
+            verify: None,
+        }
+    }
+
+    /// Hands each applied plan's machine profiles to spec verification.
+    pub fn with_verify(mut self, store: Option<Arc<dyn crate::verify::VerifySources>>) -> Self {
+        self.verify = store;
+        self
+    }
+
+    /// Records the plan's expected profiles (hostname, profile name, profile) for verification.
+    async fn record_profiles(&self, lab: &LabFile) {
+        let Some(store) = &self.verify else { return };
+        if lab.machines.is_empty() {
+            return;
+        }
+        let Ok(profiles) = lab.profiles() else { return };
+        let expected: Vec<_> = lab
+            .machines
+            .iter()
+            .filter_map(|m| {
+                let name = m.profile.clone()?;
+                let profile = profiles.get(&name)?.clone();
+                Some((m.hostname.clone(), name, profile))
+            })
+            .collect();
+        if let Err(error) = crate::verify::set_expected_profiles(&**store, expected).await {
+            tracing::error!(%error, "the lab was applied but its expected profiles could not be stored");
         }
     }
 
@@ -174,6 +204,7 @@ impl LabService for LabApi {
                 if let Err(error) = plan::store::save(&api.state_dir, &lab) {
                     tracing::error!(%error, "the lab was applied but the plan could not be stored");
                 }
+                api.record_profiles(&lab).await;
                 api.fleet.publish(crate::domain::NewEvent {
                     at: chrono::Utc::now(),
                     machine_id: String::new(),

@@ -310,7 +310,7 @@ impl LabFile {
                 return Err(bad(format!("devices `{}`: {:?} is not a MAC", device.hostname, device.mac)));
             }
         }
-        self.profiles().map_err(|problem| bad(problem))?;
+        self.profiles().map_err(bad)?;
         Ok(())
     }
 

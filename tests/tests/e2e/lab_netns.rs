@@ -78,6 +78,7 @@ mac = "{router_mac}"
 hostname = "server1"
 macs = ["52:54:00:00:00:01"]
 power_type = "amt"
+profile = "small"
 power_parameters = { power_address = "172.16.15.1", power_pass = "amt-password" }
 
 [[machines]]
@@ -85,6 +86,9 @@ hostname = "server2"
 macs = ["52:54:00:00:00:02"]
 power_type = "amt"
 power_parameters = { power_address = "172.16.15.2", power_pass = "amt-password" }
+
+[profiles.small]
+min_logical_cpus = 1
 "#;
 
 /// One lab. Field order is drop order: processes first, then dnsmasq, the namespaces, the files.
@@ -203,7 +207,7 @@ impl NetLab {
             _sim: sim,
             _sshd: sshd,
             rogue: None,
-            router_dns: router_dns,
+            router_dns,
             ns,
             dir,
             sim_addr,
@@ -415,6 +419,11 @@ fn netns_reference_lab_from_zero_apply_again_export_report_destroy() -> Result<(
     let devices = lab.maas_get("devices/")?;
     assert!(devices.to_string().contains(&lab.router_mac), "the router is a MAAS device: {devices}");
 
+    // The applied plan's profiles reach spec verification.
+    let verify: Value = serde_json::from_str(&stdout(&lab.fleetctl(&["--output", "json", "verify", "server1"])?))?;
+    let server1 = verify["machines"].as_array().and_then(|a| a.iter().find(|m| m["hostname"] == "server1")).cloned();
+    assert_eq!(server1.map(|m| m["profile"].clone()), Some(Value::from("small")), "{verify}");
+
     // Again: no changes.
     assert_eq!(changes(&lab.plan_json("lab.toml")?), 0);
     let again = lab.ok(&["apply", "lab.toml", "--yes"])?;
@@ -484,6 +493,16 @@ fn check_report(lab: &NetLab, machines: &Value) -> Result<()> {
         let image = report["maas"]["images"].as_array().into_iter().flatten().find(|i| i["name"] == name);
         assert_eq!(image.map(|i| i["synced"].clone()), Some(Value::Bool(true)), "{name} in {report}");
     }
+
+    // Reading maas-sim directly: without the OAuth header it answers 401 (with or without the trailing slash);
+    // a 404 "Unknown API endpoint" means the path missed the `/MAAS/api/2.0/` root.
+    let code = |path: &str| {
+        let url = format!("http://{}{path}", lab.sim_addr);
+        lab.ns.must("main", "curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+    };
+    assert_eq!(code("/MAAS/api/2.0/ipranges/")?, "401");
+    assert_eq!(code("/MAAS/api/2.0/ipranges")?, "401");
+    assert_eq!(code("/api/2.0/ipranges/")?, "404");
 
     // The subnet.
     let vlan = lab.maas_vlan()?;
@@ -597,6 +616,14 @@ fn netns_reconcile_reapplies_forward_and_reports_rogue_dhcp() -> Result<()> {
     })?;
     let message = event["message"].as_str().unwrap_or_default();
     assert!(message.contains("172.16.0.60") && message.contains(&rogue_mac), "{event}");
+
+    // MAAS itself reporting a foreign DHCP server on the VLAN (`external_dhcp`): an event too.
+    let vlan_id = lab.maas_vlan()?["id"].as_i64().context("the VLAN's id")?;
+    lab.sim_admin("POST", "external-dhcp", Some(&format!(r#"{{"vlan_id":{vlan_id},"ip":"172.16.0.60"}}"#)))?;
+    let event = wait_until("a dhcp_foreign event", Duration::from_secs(30), || {
+        lab.events().ok()?.into_iter().find(|e| e["kind"] == "dhcp_foreign")
+    })?;
+    assert!(event["message"].as_str().unwrap_or_default().contains("172.16.0.60"), "{event}");
     Ok(())
 }
 
