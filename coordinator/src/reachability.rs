@@ -2,7 +2,8 @@
 //! whether MAIN can reach the host (a TCP connect to a configured port, SSH's 22 by default).
 //!
 //! [`lost_node`] is the pure rule; [`probe`] is the TCP connect. No ICMP: raw sockets need privileges (and
-//! `unsafe` to open without them), and a TCP connect to sshd says more about a server anyway.
+//! `unsafe` to open without them), and a TCP connect to sshd says more about a server anyway. Probes go only to
+//! configured `targets` unless `probe_maas_ips` is on (see [`Config`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +25,11 @@ pub struct Config {
     /// Per-hostname address to try instead of MAAS IP and `port` (a lab behind NAT, or a test on loopback).
     #[serde(default)]
     pub targets: HashMap<String, SocketAddr>,
+    /// Knock on the MAAS IPs of machines without a `targets` entry. Off by default, so a coordinator started
+    /// against maas-sim (whose machines get made-up lab addresses) never sends traffic off this host; turn it on
+    /// in a real lab, where MAIN routes to the machines.
+    #[serde(default)]
+    pub probe_maas_ips: bool,
 }
 
 fn default_port() -> u16 {
@@ -35,19 +41,25 @@ fn default_timeout() -> Duration {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { port: default_port(), timeout: default_timeout(), targets: HashMap::new() }
+        Config { port: default_port(), timeout: default_timeout(), targets: HashMap::new(), probe_maas_ips: false }
     }
 }
 
 impl Config {
-    /// Where to knock for `hostname` with MAAS IPs `ips`: the override, else the first IPv4 (then any) address.
-    pub fn target(&self, hostname: &str, ips: &[String]) -> Option<SocketAddr> {
+    /// Where to knock for `hostname` with MAAS IPs `ips`: the override, else (with `probe_maas_ips`) the first
+    /// IPv4 (then any) address; otherwise why there is nothing to try.
+    pub fn target(&self, hostname: &str, ips: &[String]) -> Result<SocketAddr, String> {
         if let Some(addr) = self.targets.get(hostname) {
-            return Some(*addr);
+            return Ok(*addr);
+        }
+        if !self.probe_maas_ips {
+            return Err(
+                "reachability probing is off; set [verify.reachability] probe_maas_ips = true or a target".to_string()
+            );
         }
         let parsed: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.split('/').next()?.parse().ok()).collect();
-        let ip = parsed.iter().find(|ip| ip.is_ipv4()).or(parsed.first())?;
-        Some(SocketAddr::new(*ip, self.port))
+        let ip = parsed.iter().find(|ip| ip.is_ipv4()).or(parsed.first()).ok_or("MAAS reports no IP address")?;
+        Ok(SocketAddr::new(*ip, self.port))
     }
 }
 
@@ -76,8 +88,11 @@ impl Reach {
 
 /// A TCP connect to `target` within `timeout`. A refusal means the host answered but nothing listens: for a
 /// server that runs sshd that is as good as down, so it counts as down with the detail.
-pub async fn probe(target: Option<SocketAddr>, timeout: Duration) -> Reach {
-    let Some(target) = target else { return Reach::Unknown("MAAS reports no IP address".to_string()) };
+pub async fn probe(target: Result<SocketAddr, String>, timeout: Duration) -> Reach {
+    let target = match target {
+        Ok(target) => target,
+        Err(why) => return Reach::Unknown(why),
+    };
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await {
         Ok(Ok(_stream)) => Reach::Up,
         Ok(Err(error)) => Reach::Down(format!("tcp {target}: {error}")),
@@ -176,10 +191,12 @@ mod tests {
     fn target_prefers_the_override_then_ipv4() {
         let mut config = Config::default();
         let ips = vec!["fd00::5".to_string(), "172.16.11.5".to_string()];
-        assert_eq!(config.target("server1", &ips), Some("172.16.11.5:22".parse().unwrap()));
-        assert_eq!(config.target("server1", &[]), None);
+        assert!(config.target("server1", &ips).unwrap_err().contains("probing is off"));
+        config.probe_maas_ips = true;
+        assert_eq!(config.target("server1", &ips), Ok("172.16.11.5:22".parse().unwrap()));
+        assert_eq!(config.target("server1", &[]), Err("MAAS reports no IP address".to_string()));
         config.targets.insert("server1".into(), "127.0.0.1:2222".parse().unwrap());
-        assert_eq!(config.target("server1", &ips), Some("127.0.0.1:2222".parse().unwrap()));
+        assert_eq!(config.target("server1", &ips), Ok("127.0.0.1:2222".parse().unwrap()));
     }
 
     #[tokio::test]
@@ -191,8 +208,8 @@ mod tests {
             spare.local_addr().unwrap()
         };
         let timeout = Duration::from_secs(5);
-        assert_eq!(probe(Some(open), timeout).await, Reach::Up);
-        assert!(matches!(probe(Some(closed), timeout).await, Reach::Down(_)));
-        assert!(matches!(probe(None, timeout).await, Reach::Unknown(_)));
+        assert_eq!(probe(Ok(open), timeout).await, Reach::Up);
+        assert!(matches!(probe(Ok(closed), timeout).await, Reach::Down(_)));
+        assert!(matches!(probe(Err("off".into()), timeout).await, Reach::Unknown(_)));
     }
 }

@@ -332,7 +332,10 @@ impl VerifyHandle {
                 maas.map(|m| m.hostname.as_str()).unwrap_or(&machine.hostname),
                 maas.map(|m| m.ip_addresses.as_slice()).unwrap_or_default(),
             );
-            let target = target.or_else(|| reach_config.targets.get(&machine.hostname).copied());
+            let target = match (target, reach_config.targets.get(&machine.hostname)) {
+                (Err(_), Some(addr)) => Ok(*addr),
+                (target, _) => target,
+            };
             let probe_needed = reachability::needs_probe(machine.health, state.as_ref());
             async move {
                 let reach = if probe_needed {
