@@ -5,6 +5,7 @@
 
 pub mod lab;
 pub mod maas;
+pub mod operations;
 pub mod security;
 pub mod verify;
 

@@ -111,6 +111,20 @@ enum Command {
         #[command(subcommand)]
         command: AgentsCommand,
     },
+    /// Redeploy machines through MAAS: named ones, or a rolling redeploy of --tag, --pool or --all.
+    Redeploy(RedeployCli),
+    /// Redeploy operations: list, show, watch live, cancel.
+    Operations {
+        #[command(subcommand)]
+        command: OperationsCommand,
+    },
+    /// Power a machine on, off, or off then on, through MAAS.
+    Power {
+        #[arg(value_enum)]
+        action: PowerCli,
+        /// Hostname or MAAS system_id.
+        name: String,
+    },
     /// State-changing operator calls: who, what, when, result.
     Audit {
         /// Only the newest N entries.
@@ -176,6 +190,71 @@ enum MachinesCommand {
         /// Hostname, machine id or MAAS system_id.
         name: String,
     },
+    /// Revoke a machine's certificates (its history is kept); with --release, release it in MAAS too.
+    Forget {
+        /// Hostname or MAAS system_id.
+        name: String,
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RedeployCli {
+    /// Hostnames or MAAS system_ids.
+    names: Vec<String>,
+    /// Rolling redeploy of every machine with this MAAS tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Rolling redeploy of every machine in this MAAS resource pool.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Rolling redeploy of every MAAS machine (asks first unless --yes).
+    #[arg(long)]
+    all: bool,
+    /// The Ubuntu series, e.g. jammy or focal.
+    #[arg(long)]
+    distro: Option<String>,
+    /// A cloud-init template used instead of the built-in one (same {{PLACEHOLDERS}}).
+    #[arg(long, value_name = "FILE")]
+    user_data: Option<PathBuf>,
+    /// Show the plan; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Follow the operation until it ends; exit 1 when a machine failed.
+    #[arg(long)]
+    wait: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// How many machines may be down at once.
+    #[arg(long, default_value_t = 1)]
+    max_unavailable: u32,
+    /// Stop the rollout once more than this many machines failed.
+    #[arg(long, default_value_t = 0)]
+    max_failures: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum OperationsCommand {
+    /// Operations, newest first.
+    List {
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        limit: u32,
+    },
+    /// One operation with every machine's steps.
+    Show { id: String },
+    /// Live progress until the operation ends.
+    Watch { id: String },
+    /// Stop an operation before its next step.
+    Cancel { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PowerCli {
+    On,
+    Off,
+    Cycle,
 }
 
 fn main() {
@@ -253,6 +332,39 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 print(&cli::verify::rematched_text(&rematched))?;
             }
             Ok(exit::OK)
+        }
+        Command::Machines { command: MachinesCommand::Forget { name, release } } => {
+            cli::operations::forget(&client, json, &name, release).await
+        }
+        Command::Redeploy(args) => {
+            let args = cli::operations::RedeployArgs {
+                names: args.names,
+                tag: args.tag,
+                pool: args.pool,
+                all: args.all,
+                distro: args.distro,
+                user_data: args.user_data,
+                dry_run: args.dry_run,
+                wait: args.wait,
+                yes: args.yes,
+                max_unavailable: args.max_unavailable,
+                max_failures: args.max_failures,
+            };
+            cli::operations::redeploy(&client, json, args).await
+        }
+        Command::Operations { command } => match command {
+            OperationsCommand::List { limit } => cli::operations::list(&client, json, limit).await,
+            OperationsCommand::Show { id } => cli::operations::show(&client, json, &id).await,
+            OperationsCommand::Watch { id } => cli::operations::watch(&client, json, &id).await,
+            OperationsCommand::Cancel { id } => cli::operations::cancel(&client, json, &id).await,
+        },
+        Command::Power { action, name } => {
+            let action = match action {
+                PowerCli::On => proto::v1::PowerAction::On,
+                PowerCli::Off => proto::v1::PowerAction::Off,
+                PowerCli::Cycle => proto::v1::PowerAction::Cycle,
+            };
+            cli::operations::power(&client, json, action, &name).await
         }
         Command::Machines { command: MachinesCommand::List } => machines_list(&client, json).await,
         Command::Machines { command: MachinesCommand::Show { name, history } } => {

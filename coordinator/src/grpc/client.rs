@@ -79,6 +79,7 @@ pub struct FleetClient {
     security: proto::v1::security_service_client::SecurityServiceClient<AuthChannel>,
     lab: proto::v1::lab_service_client::LabServiceClient<AuthChannel>,
     verify: proto::v1::verify_service_client::VerifyServiceClient<AuthChannel>,
+    operations: proto::v1::operations_service_client::OperationsServiceClient<AuthChannel>,
     url: String,
     request_timeout: Duration,
 }
@@ -126,6 +127,10 @@ pub async fn connect(settings: &ClientSettings) -> Result<FleetClient, ClientErr
             channel.clone(),
             credentials.clone(),
         ),
+        operations: proto::v1::operations_service_client::OperationsServiceClient::with_interceptor(
+            channel.clone(),
+            credentials.clone(),
+        ),
         security: proto::v1::security_service_client::SecurityServiceClient::with_interceptor(channel, credentials),
         url,
         request_timeout: settings.request_timeout,
@@ -144,6 +149,27 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 impl FleetClient {
+    /// The OperationsService client on the same channel (see [`crate::cli::operations`]).
+    pub fn operations(&self) -> proto::v1::operations_service_client::OperationsServiceClient<AuthChannel> {
+        self.operations.clone()
+    }
+
+    /// Runs one unary call under the request timeout, mapping failures like every other call.
+    ///
+    /// # Errors
+    /// As the call's status, or [`ClientError::Unreachable`] after the timeout.
+    pub async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        self.unary(call).await
+    }
+
+    /// Maps a streaming call's failure like every other call.
+    pub fn error(&self, status: tonic::Status) -> ClientError {
+        ClientError::from_status(&self.url, status)
+    }
+
     async fn unary<T, F>(&self, call: F) -> Result<T, ClientError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -429,8 +429,7 @@ async fn verify_step(
     cancel: &CancellationToken,
 ) -> Result<(OpState, String), Stop> {
     loop {
-        let has_inventory =
-            ops.inner.fleet.machines().into_iter().any(|v| v.machine.id == machine_id && v.inventory.is_some());
+        let has_inventory = ops.inner.fleet.machine(machine_id, 0).await.is_ok_and(|v| v.inventory.is_some());
         if has_inventory {
             return Ok((OpState::Succeeded, "inventory received".into()));
         }

@@ -7,5 +7,6 @@ mod foundation;
 mod lab;
 mod lab_netns;
 mod maas;
+mod redeploy;
 mod security;
 mod verify;
