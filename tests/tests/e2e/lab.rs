@@ -1,7 +1,7 @@
 //! Issue 6's end-to-end checks: the lab as code against maas-sim, through fleetctl and the coordinator.
 //!
-//! These run on loopback without a router section (no namespaces); the router and DHCP-probe scenarios need
-//! network namespaces and are listed as left to do in the issue note.
+//! These run on loopback without a router section (no namespaces, no root); the router and DHCP-probe scenarios
+//! run in network namespaces in `lab_netns.rs`.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Output};
