@@ -286,8 +286,11 @@ pub fn specs_from_maas(m: &MaasMachine) -> Specs {
     }
 }
 
-/// The agent's inventory as [`Specs`]: physical interfaces only.
+/// The agent's inventory as [`Specs`]: physical interfaces only, or every interface when none is physical (an
+/// agent in a container or network namespace only has veths; the agent enrolls with their MACs for the same
+/// reason), so such a machine is not reported as having lost all its NICs.
 pub fn specs_from_inventory(inventory: &Inventory) -> Specs {
+    let any_physical = inventory.interfaces.iter().any(|i| !i.is_virtual);
     Specs {
         logical_cpus: inventory.logical_cpus,
         memory_bytes: inventory.memory_total_bytes,
@@ -306,7 +309,7 @@ pub fn specs_from_inventory(inventory: &Inventory) -> Specs {
         nics: inventory
             .interfaces
             .iter()
-            .filter(|i| !i.is_virtual)
+            .filter(|i| !i.is_virtual || !any_physical)
             .map(|i| check::Nic { name: i.name.clone(), mac: i.mac.clone(), speed_mbps: u64::from(i.speed_mbps) })
             .collect(),
     }
@@ -477,6 +480,25 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn live_nics_are_the_physical_ones_or_every_veth_when_none_is_physical() {
+        let nic = |name: &str, is_virtual: bool| crate::domain::NetworkInterface {
+            name: name.into(),
+            mac: format!("52:54:00:00:00:{}", name.len()),
+            is_virtual,
+            ..Default::default()
+        };
+        let names = |inventory: &Inventory| -> Vec<String> {
+            specs_from_inventory(inventory).nics.into_iter().map(|n| n.name).collect()
+        };
+        let mut host = inventory(4, 1);
+        host.interfaces = vec![nic("eno1", false), nic("docker0", true)];
+        assert_eq!(names(&host), ["eno1"]);
+        let mut namespaced = inventory(4, 1);
+        namespaced.interfaces = vec![nic("eth0", true)];
+        assert_eq!(names(&namespaced), ["eth0"]);
     }
 
     fn check_rows(inputs: &Inputs, expected: &[(&str, Verdict)]) -> Vec<MachineReport> {
