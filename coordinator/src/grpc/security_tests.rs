@@ -32,10 +32,15 @@ struct Secured {
 
 impl Secured {
     async fn start() -> Secured {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut Config)) -> Secured {
         let state = tempfile::tempdir().unwrap();
         let overrides = Overrides { listen: None, state_dir: Some(state.path().to_owned()), insecure: false };
-        let config =
+        let mut config =
             Config::from_sources(None, &std::collections::HashMap::<String, String>::new(), &overrides).unwrap();
+        adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
@@ -307,6 +312,25 @@ async fn read_only_operators_are_refused_changes_and_both_roles_are_audited() {
         assert!(admin_line.args.contains("server1"), "{admin_line:?}");
         // The audit log never holds a token secret.
         assert!(audit.iter().all(|e| !e.args.contains("mf1.")), "{audit:?}");
+    })
+    .await
+    .expect("test within its deadline");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn enroll_is_rate_limited_per_source_address() {
+    let server = Secured::start_with(|config| config.enroll.enroll_per_minute = 3).await;
+    timeout(DEADLINE, async {
+        let mut client = server.anonymous_agent().await;
+        let agent = TestAgent::new("noisy");
+        for _ in 0..3 {
+            let status = client.enroll(agent.request("")).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        }
+        let status = client.enroll(agent.request("")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("127.0.0.1"), "{status:?}");
     })
     .await
     .expect("test within its deadline");
