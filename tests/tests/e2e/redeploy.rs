@@ -130,8 +130,10 @@ impl Lab {
             bail!("fleetctl {args:?} failed ({}): {}", output.status, stderr(&output));
         }
         let text = stdout(&output);
-        let last = text.lines().last().context("no output")?;
-        serde_json::from_str(last).with_context(|| format!("fleetctl {args:?} printed no JSON: {text}"))
+        // One document, or (watch) one per line: the last one counts.
+        serde_json::from_str(&text)
+            .or_else(|_| serde_json::from_str(text.lines().last().unwrap_or_default()))
+            .with_context(|| format!("fleetctl {args:?} printed no JSON: {text}"))
     }
 
     fn operation(&self, id: &str) -> Result<Value> {
