@@ -155,7 +155,10 @@ struct Served {
 
 impl Served {
     /// Reads one request head (at most 8 KiB) and answers it; one request per connection.
-    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut stream: S) -> std::io::Result<()> {
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+    ) -> std::io::Result<()> {
         let mut head = Vec::with_capacity(1024);
         let mut buf = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -190,7 +193,9 @@ impl Served {
                 }
                 stream.shutdown().await
             }
-            ("GET" | "HEAD", _) => respond(&mut stream, 404, "text/plain", b"not found; try /agent or /agent.sha256\n").await,
+            ("GET" | "HEAD", _) => {
+                respond(&mut stream, 404, "text/plain", b"not found; try /agent or /agent.sha256\n").await
+            }
             _ => respond(&mut stream, 405, "text/plain", b"only GET\n").await,
         }
     }

@@ -370,8 +370,16 @@ async fn deploy_context(
         }
     };
     Some(DeployContext {
-        coordinator_url: server.operations.coordinator_url.clone().unwrap_or_else(|| format!("https://{}", host(bound))),
-        artifacts_url: server.operations.artifacts_url.clone().unwrap_or_else(|| format!("https://{}", host(served.addr))),
+        coordinator_url: server
+            .operations
+            .coordinator_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", host(bound))),
+        artifacts_url: server
+            .operations
+            .artifacts_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", host(served.addr))),
         agent_sha256: served.agent_sha256,
         ca_pem: pki.ca_pem,
         token_ttl: server.operations.enroll_timeout + server.operations.deploy_timeout,
@@ -464,7 +472,8 @@ impl Operations {
     /// # Errors
     /// A bad request, an unknown or refused machine named explicitly, MAAS or the store failing.
     pub async fn redeploy(&self, request: RedeployRequest) -> Result<(Option<Operation>, Vec<Planned>), OpError> {
-        let selectors = usize::from(request.tag.is_some()) + usize::from(request.pool.is_some()) + usize::from(request.all);
+        let selectors =
+            usize::from(request.tag.is_some()) + usize::from(request.pool.is_some()) + usize::from(request.all);
         if selectors > 1 || (selectors == 1 && !request.machines.is_empty()) {
             return Err(OpError::InvalidArgument(
                 "name machines, or give one of --tag, --pool, --all, not several".into(),
@@ -495,7 +504,11 @@ impl Operations {
                 match machine {
                     Some(m) if !found.iter().any(|f: &&maas::Machine| f.system_id == m.system_id) => found.push(m),
                     Some(_) => {}
-                    None => return Err(OpError::NotFound(format!("MAAS has no machine {name}; see `fleetctl machines list`"))),
+                    None => {
+                        return Err(OpError::NotFound(format!(
+                            "MAAS has no machine {name}; see `fleetctl machines list`"
+                        )));
+                    }
                 }
             }
             found
@@ -663,7 +676,8 @@ impl Operations {
             }
             PowerAction::Cycle => {
                 maas.power_off(id, maas::StopMode::Hard, comment).await?;
-                let deadline = tokio::time::Instant::now() + self.inner.config.release_timeout.min(Duration::from_secs(300));
+                let deadline =
+                    tokio::time::Instant::now() + self.inner.config.release_timeout.min(Duration::from_secs(300));
                 loop {
                     let now = maas.machine(id).await?;
                     if now.power_state == maas::PowerState::Off {
@@ -697,7 +711,10 @@ impl Operations {
         }
         let mut released = false;
         if release {
-            let options = maas::ReleaseOptions { comment: Some("metalfleet: fleetctl machines forget".into()), ..Default::default() };
+            let options = maas::ReleaseOptions {
+                comment: Some("metalfleet: fleetctl machines forget".into()),
+                ..Default::default()
+            };
             self.maas()?.release(&machine.system_id, &options).await?;
             released = true;
         }
@@ -723,7 +740,8 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.poll_interval, Duration::from_secs(2));
         assert_eq!(config.default_distro, "jammy");
-        let config: Config = toml::from_str("poll_interval = \"100ms\"\ncoordinator_url = \"https://m:7443\"\n").unwrap();
+        let config: Config =
+            toml::from_str("poll_interval = \"100ms\"\ncoordinator_url = \"https://m:7443\"\n").unwrap();
         assert_eq!(config.poll_interval, Duration::from_millis(100));
         assert!(toml::from_str::<Config>("bogus = 1\n").unwrap_err().to_string().contains("bogus"));
     }

@@ -63,7 +63,10 @@ pub fn operation_text(op: &Operation) -> String {
     if !op.message.is_empty() {
         out.push_str(&format!(" - {}", op.message));
     }
-    out.push_str(&format!("\nmax unavailable {}, max failures {}, distro {}\n", op.max_unavailable, op.max_failures, op.distro_series));
+    out.push_str(&format!(
+        "\nmax unavailable {}, max failures {}, distro {}\n",
+        op.max_unavailable, op.max_failures, op.distro_series
+    ));
     let mut table = Table::new();
     table.load_preset(comfy_table::presets::NOTHING);
     table.set_header(["MACHINE", "BATCH", "STATE", "STEP", "MESSAGE"]);
@@ -153,8 +156,10 @@ pub async fn redeploy(client: &FleetClient, json_out: bool, args: RedeployArgs) 
 
 fn plan_json(plan: &[pb::PlannedMachine]) -> Value {
     plan.iter()
-        .map(|p| json!({"system_id": p.system_id, "hostname": p.hostname, "batch": p.batch,
-            "refused": (!p.refused.is_empty()).then_some(&p.refused)}))
+        .map(|p| {
+            json!({"system_id": p.system_id, "hostname": p.hostname, "batch": p.batch,
+            "refused": (!p.refused.is_empty()).then_some(&p.refused)})
+        })
         .collect()
 }
 
@@ -259,7 +264,8 @@ pub async fn watch(client: &FleetClient, json_out: bool, id: &str) -> Result<i32
                 let done = m.steps.iter().filter(|s| s.state.is_final()).count() as u64;
                 bar.set_position(if m.state == OpState::Succeeded { steps } else { done });
                 let step = m.step().map(|s| s.step.as_str()).unwrap_or("queued");
-                let message = if m.state.is_final() { format!("{}: {}", m.state.as_str(), m.message) } else { step.to_string() };
+                let message =
+                    if m.state.is_final() { format!("{}: {}", m.state.as_str(), m.message) } else { step.to_string() };
                 bar.set_message(message);
                 if m.state.is_final() && !bar.is_finished() {
                     bar.abandon();
@@ -291,7 +297,10 @@ pub async fn power(client: &FleetClient, json_out: bool, action: pb::PowerAction
     let request = pb::PowerRequest { machine: name.into(), action: action.into() };
     let answer = client.call(client.operations().power(request)).await?;
     if json_out {
-        println!("{}", json!({"system_id": answer.system_id, "hostname": answer.hostname, "power_state": answer.power_state}));
+        println!(
+            "{}",
+            json!({"system_id": answer.system_id, "hostname": answer.hostname, "power_state": answer.power_state})
+        );
     } else {
         println!("{} ({}): power {}", answer.hostname, answer.system_id, answer.power_state);
     }
@@ -327,7 +336,9 @@ pub async fn forget(client: &FleetClient, json_out: bool, name: &str, release: b
 /// # Errors
 /// The file cannot be read.
 pub fn check_user_data(path: &Path) -> Result<(), CliError> {
-    std::fs::metadata(path).map(|_| ()).map_err(|e| CliError::Usage(format!("cannot read --user-data {}: {e}", path.display())))
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|e| CliError::Usage(format!("cannot read --user-data {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -82,7 +82,10 @@ impl OperationsService for OperationsApi {
         Ok(Response::new(pb::ListOperationsResponse { operations: ops.iter().map(convert::operation).collect() }))
     }
 
-    async fn get_operation(&self, request: Request<pb::GetOperationRequest>) -> Result<Response<pb::Operation>, Status> {
+    async fn get_operation(
+        &self,
+        request: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
         let op = self.ops.get(&request.get_ref().id).await.map_err(status)?;
         Ok(Response::new(convert::operation(&op)))
     }

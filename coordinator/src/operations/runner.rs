@@ -37,7 +37,12 @@ pub async fn run_operation(ops: Operations, op: Operation, cancel: CancellationT
         }
         let indexes: Vec<usize> = {
             let op = shared.lock().await;
-            op.machines.iter().enumerate().filter(|(_, m)| m.batch == batch && !m.state.is_final()).map(|(i, _)| i).collect()
+            op.machines
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.batch == batch && !m.state.is_final())
+                .map(|(i, _)| i)
+                .collect()
         };
         let runs = indexes.into_iter().map(|index| run_machine(&ops, &shared, index, &cancel));
         futures::future::join_all(runs).await;
@@ -133,7 +138,13 @@ async fn begin(ops: &Operations, shared: &Shared, index: usize, step: Step) {
     if m.step().is_some_and(|s| s.step == step && !s.state.is_final()) {
         return;
     }
-    m.steps.push(StepRecord { step, state: OpState::Running, started_at: Utc::now(), finished_at: None, message: String::new() });
+    m.steps.push(StepRecord {
+        step,
+        state: OpState::Running,
+        started_at: Utc::now(),
+        finished_at: None,
+        message: String::new(),
+    });
     persist(ops, &mut op).await;
 }
 
@@ -192,14 +203,16 @@ async fn read(
 
 /// MAAS's own words for a failed machine: its status, then the latest error event's description.
 async fn maas_failure(ops: &Operations, machine: &maas::Machine) -> String {
-    let mut text = format!("MAAS: {}", if machine.status_name.is_empty() { machine.status.label() } else { &machine.status_name });
+    let mut text =
+        format!("MAAS: {}", if machine.status_name.is_empty() { machine.status.label() } else { &machine.status_name });
     let mut detail = machine.error_description.clone();
     if detail.is_empty()
         && let Ok(maas) = ops.maas()
     {
         let query = maas::EventQuery { ids: vec![machine.system_id.clone()], limit: Some(20), ..Default::default() };
         if let Ok(page) = maas.events(&query).await
-            && let Some(event) = page.events.iter().find(|e| e.level == maas::EventLevel::Error && !e.description.is_empty())
+            && let Some(event) =
+                page.events.iter().find(|e| e.level == maas::EventLevel::Error && !e.description.is_empty())
         {
             detail = event.description.clone();
         }
@@ -321,10 +334,15 @@ async fn run_step(
                 // A deploy was intended but MAAS never took it: the old token is useless now.
                 let _ = ops.inner.security.store.revoke_token(old.clone(), Utc::now()).await;
             }
-            let (record, secret) =
-                crate::enroll::mint_token_by(&ops.inner.security.store, Some(&hostname), context.token_ttl, 1, "redeploy")
-                    .await
-                    .map_err(|e| Stop::Failed(format!("cannot mint the enrollment token: {e}")))?;
+            let (record, secret) = crate::enroll::mint_token_by(
+                &ops.inner.security.store,
+                Some(&hostname),
+                context.token_ttl,
+                1,
+                "redeploy",
+            )
+            .await
+            .map_err(|e| Stop::Failed(format!("cannot mint the enrollment token: {e}")))?;
             {
                 // The intent: which token this deploy carries, persisted before MAAS is asked.
                 let mut op = shared.lock().await;
@@ -381,7 +399,10 @@ async fn run_step(
                     Ok(Some(machine_id)) => {
                         let mut op = shared.lock().await;
                         op.machines[index].machine_id = Some(machine_id.clone());
-                        return Ok((OpState::Succeeded, format!("agent enrolled as machine {machine_id} with token {token}")));
+                        return Ok((
+                            OpState::Succeeded,
+                            format!("agent enrolled as machine {machine_id} with token {token}"),
+                        ));
                     }
                     Ok(None) => {}
                     Err(error) => tracing::warn!(%error, "cannot read token enrollments; retrying"),
@@ -439,4 +460,3 @@ async fn verify_step(
         pause(ops, cancel).await?;
     }
 }
-

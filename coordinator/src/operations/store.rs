@@ -84,8 +84,9 @@ impl OperationsStore {
     pub async fn get(&self, id: &str) -> Result<Option<Operation>, StoreError> {
         let id = id.to_string();
         self.with(move |conn| {
-            let body: Option<String> =
-                conn.query_row("SELECT body FROM operations WHERE id = ?1", params![id], |row| row.get(0)).optional()?;
+            let body: Option<String> = conn
+                .query_row("SELECT body FROM operations WHERE id = ?1", params![id], |row| row.get(0))
+                .optional()?;
             body.map(|b| parse(&b)).transpose()
         })
         .await

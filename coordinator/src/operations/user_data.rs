@@ -46,7 +46,10 @@ pub fn render(template: &str, values: &Values<'_>) -> Result<String, RenderError
     ];
     for (name, value) in scalars {
         if value.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '\n' | '\r') || c.is_control()) {
-            return Err(RenderError::Unsafe { name, value: if name == "TOKEN" { "<redacted>".into() } else { value.into() } });
+            return Err(RenderError::Unsafe {
+                name,
+                value: if name == "TOKEN" { "<redacted>".into() } else { value.into() },
+            });
         }
     }
     for required in ["{{TOKEN}}", "{{COORDINATOR_URL}}"] {

@@ -3,9 +3,7 @@
 use proto::v1 as pb;
 
 use super::{time, timestamp};
-use crate::operations::{
-    MachineOp, OpState, Operation, Planned, PowerAction, RedeployRequest, Step, StepRecord,
-};
+use crate::operations::{MachineOp, OpState, Operation, Planned, PowerAction, RedeployRequest, Step, StepRecord};
 
 /// The request as the engine takes it (user data must be UTF-8 text).
 ///
@@ -114,7 +112,8 @@ pub fn operation_from_wire(wire: pb::Operation) -> Result<Operation, String> {
     let now = chrono::Utc::now();
     let mut out = Vec::with_capacity(machines.len());
     for m in machines {
-        let pb::MachineOperation { system_id, hostname, batch, state, step: _, message, token_id, machine_id, steps } = m;
+        let pb::MachineOperation { system_id, hostname, batch, state, step: _, message, token_id, machine_id, steps } =
+            m;
         let mut records = Vec::with_capacity(steps.len());
         for s in steps {
             let pb::OperationStep { name, state, started_at, finished_at, message } = s;
