@@ -1,5 +1,5 @@
 //! The coordinator's admin commands that work on the state directory directly (`operators add`,
-//! `ca rotate|retire-old`, `backup`, `restore`).
+//! `ca rotate|retire-old`, `router-cert issue`, `backup`, `restore`).
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +46,40 @@ pub fn operators_add(state_dir: &Path, name: &str, role: &str, bearer: bool, out
             exit::OK
         }
         Err(error @ (OperatorError::BadName(_) | OperatorError::BadRole(_))) => {
+            eprintln!("error: {error}");
+            exit::USAGE
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            1
+        }
+    }
+}
+
+/// `coordinator router-cert issue`: writes the shim's and the coordinator's certificates and prints
+/// the `router-shim.toml` lines. Returns the exit code.
+pub fn router_cert_issue(state_dir: &Path, out: &Path, sans: &[String]) -> i32 {
+    use crate::router_cert::{self, RouterCertError};
+    if !state_dir.join(crate::pki::CA_KEY).exists() {
+        eprintln!(
+            "error: no CA in {}; start `coordinator serve --state-dir {}` once first, or pass --state-dir",
+            state_dir.display(),
+            state_dir.display()
+        );
+        return exit::USAGE;
+    }
+    match router_cert::issue(state_dir, out, sans) {
+        Ok(issued) => {
+            println!("# router-shim.toml: the shim serves TLS and requires a client certificate from this CA");
+            print!("{}", issued.shim_toml());
+            println!(
+                "# the coordinator presents {} (key {}, mode 0600) to every https:// shim in [router] shim",
+                issued.client_cert.display(),
+                issued.client_key.display()
+            );
+            exit::OK
+        }
+        Err(error @ (RouterCertError::NoSans | RouterCertError::BadSan(_))) => {
             eprintln!("error: {error}");
             exit::USAGE
         }

@@ -43,6 +43,7 @@ pub mod plan;
 pub mod poller;
 pub mod reachability;
 pub mod rotation;
+pub mod router_cert;
 pub mod secret;
 pub mod security_store;
 pub mod server;

@@ -33,6 +33,11 @@ enum Command {
         #[arg(long, value_name = "DIR", global = true)]
         state_dir: Option<PathBuf>,
     },
+    /// mTLS to router shims: certificates for a shim and for this coordinator, from its CA.
+    RouterCert {
+        #[command(subcommand)]
+        command: RouterCertCommand,
+    },
     /// Copy the store (online, consistent), the CA, keys and certificates into DIR while the server runs.
     Backup {
         dir: PathBuf,
@@ -55,6 +60,23 @@ enum CaCommand {
     Rotate,
     /// Finish a rotation: drop the old CA and issue the server certificate from the new one.
     RetireOld,
+}
+
+#[derive(Debug, Subcommand)]
+enum RouterCertCommand {
+    /// Issue the shim's server certificate and key into DIR and the coordinator's client certificate
+    /// (into STATE_DIR/router-client, used for every https:// shim); prints the router-shim.toml lines.
+    Issue {
+        /// Where to write router-shim.pem, router-shim.key (0600) and ca.pem for the shim.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A name or address the coordinator reaches the shim by (as in `[router] shim`); repeat for more.
+        #[arg(long = "san", value_name = "NAME|IP", required = true)]
+        sans: Vec<String>,
+        /// The coordinator's state directory [env: METALFLEET_STATE_DIR].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +141,10 @@ fn main() {
         Command::Operators { command: OperatorsCommand::Add { name, role, bearer, state_dir, out } } => {
             let state_dir = admin_state_dir(state_dir);
             std::process::exit(coordinator::admin::operators_add(&state_dir, &name, &role, bearer, out));
+        }
+        Command::RouterCert { command: RouterCertCommand::Issue { out, sans, state_dir } } => {
+            let state_dir = admin_state_dir(state_dir);
+            std::process::exit(coordinator::admin::router_cert_issue(&state_dir, &out, &sans));
         }
         Command::Ca { command, state_dir } => {
             let state_dir = admin_state_dir(state_dir);

@@ -124,7 +124,7 @@ impl LabApi {
         let mut live = live::read_maas(client).await?;
         let mut shim = None;
         if let Some(router) = &lab.router {
-            let mut connected = live::connect_router(router, self.router_timeout).await?;
+            let mut connected = live::connect_router(router, &self.state_dir, self.router_timeout).await?;
             live.router = Some(live::read_router(&mut connected, &router.shim).await?);
             shim = Some(connected);
         }
@@ -267,7 +267,7 @@ impl LabService for LabApi {
         let mut router_error = None;
         let router_plan = applied.as_ref().and_then(|a| a.router.clone());
         if let Some(router) = &router_plan {
-            match live::connect_router(router, self.router_timeout).await {
+            match live::connect_router(router, &self.state_dir, self.router_timeout).await {
                 Ok(mut shim) => match live::read_router(&mut shim, &router.shim).await {
                     Ok(state) => live.router = Some(state),
                     Err(error) => router_error = Some(error.to_string()),

@@ -138,6 +138,13 @@ pub struct RouterPlan {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub insecure: bool,
+    /// The coordinator's client certificate for the shim (mTLS); by default the one
+    /// `coordinator router-cert issue` left in the state directory, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The key of `cert_file` (mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// The router's own DHCP server; `false` before MAAS DHCP may be switched on.
     #[serde(default)]
     pub dhcp: bool,

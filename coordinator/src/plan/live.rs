@@ -1,14 +1,15 @@
 //! One read of the live lab: everything the plan talks about, from MAAS and (through the shim) the router.
 
+use std::path::Path;
 use std::time::Duration;
 
 use router_shim::client::Client as ShimClient;
 use router_shim::model::RouterState;
-use tonic::transport::{Certificate, ClientTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::PlanError;
 use super::file::RouterPlan;
-use crate::maas;
+use crate::{maas, router_cert};
 
 /// What MAAS and the router look like right now.
 #[derive(Debug, Clone, Default)]
@@ -80,18 +81,27 @@ pub async fn read_maas(client: &maas::Client) -> Result<Live, PlanError> {
     Ok(live)
 }
 
-/// Connects to the shim named in the plan.
+/// Connects to the shim named in the plan. Over `https://` the shim's certificate is checked against
+/// `[router] ca_file`, or else the coordinator's own CA (which `coordinator router-cert issue` signs shim
+/// certificates with), and the coordinator presents its client certificate for mTLS: `[router]
+/// cert_file`/`key_file`, or else the one in `<state_dir>/router-client/` when it exists.
 ///
 /// # Errors
 /// [`PlanError::Router`] with the address tried.
-pub async fn connect_router(router: &RouterPlan, timeout: Duration) -> Result<ShimClient, PlanError> {
+pub async fn connect_router(router: &RouterPlan, state_dir: &Path, timeout: Duration) -> Result<ShimClient, PlanError> {
     let error = |message: String| PlanError::Router { address: router.shim.clone(), message };
     let tls = if router.shim.starts_with("https://") && !router.insecure {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &router.ca_file {
-            let pem = std::fs::read_to_string(ca)
-                .map_err(|e| error(format!("cannot read ca_file {}: {e}; fix [router] ca_file", ca.display())))?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        let ca = match &router.ca_file {
+            Some(ca) => std::fs::read_to_string(ca)
+                .map_err(|e| error(format!("cannot read ca_file {}: {e}; fix [router] ca_file", ca.display())))?,
+            None => crate::rotation::trust_bundle(state_dir)
+                .map_err(|e| error(format!("{e}; or set [router] ca_file to the CA of the shim's certificate")))?,
+        };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        let identity = router_cert::client_identity(state_dir, router.cert_file.as_deref(), router.key_file.as_deref())
+            .map_err(|e| error(e.to_string()))?;
+        if let Some(identity) = identity {
+            tls = tls.identity(Identity::from_pem(identity.cert_pem, identity.key_pem.expose()));
         }
         Some(tls)
     } else {

@@ -83,7 +83,7 @@ impl Reconciler {
             }
         }
         let Some(router) = &applied.router else { return };
-        match live::connect_router(router, self.timeout).await {
+        match live::connect_router(router, &self.state_dir, self.timeout).await {
             Ok(mut shim) => match shim.state().await {
                 Ok(state) => {
                     for forward in &router.forwards {
