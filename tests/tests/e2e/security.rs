@@ -295,3 +295,472 @@ fn backup_while_agents_report_then_restore_into_a_fresh_state_directory() -> Res
     assert_eq!(std::fs::read(restored.join("ca.pem"))?, std::fs::read(coordinator.state.join("ca.pem"))?);
     Ok(())
 }
+
+// === The coordinator -> router-shim link (mTLS), and secrets out of logs, JSON and traces ===
+
+/// The MAAS API key of the run: `consumer:token:secret`; the token secret is the part that signs.
+const MAAS_SECRET: &str = "Mk7qT3zSecretOfTheMaasToken9w";
+const ROUTER_PASSWORD: &str = "Rt5vX8pRouterPasswordZq2";
+
+fn maas_key() -> String {
+    format!("e2econsumer:e2etokenkey:{MAAS_SECRET}")
+}
+
+fn private_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// A tiny OpenWrt: ubus JSON-RPC over HTTP/1.1 on 127.0.0.1, with the uci calls the shim's openwrt
+/// backend makes, a session that needs the right password, and a count of logins.
+struct Ubus {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<UbusState>>,
+}
+
+#[derive(Default)]
+struct UbusState {
+    dhcp: serde_json::Map<String, Value>,
+    /// Firewall sections: name -> values (with `.type`).
+    firewall: serde_json::Map<String, Value>,
+    logins: usize,
+    refused_logins: usize,
+}
+
+impl Ubus {
+    fn start(password: &str) -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let state = std::sync::Arc::new(std::sync::Mutex::new(UbusState::default()));
+        state.lock().expect("ubus state").dhcp =
+            serde_json::from_str(r#"{"start":"100","limit":"150"}"#).expect("static JSON");
+        let shared = state.clone();
+        let password = password.to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let (state, password) = (shared.clone(), password.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_ubus(stream, &state, &password);
+                });
+            }
+        });
+        Ok(Ubus { addr, state })
+    }
+
+    fn dhcp_ignored(&self) -> bool {
+        self.state.lock().expect("ubus state").dhcp.get("ignore").is_some_and(|v| v == "1")
+    }
+}
+
+fn serve_ubus(stream: std::net::TcpStream, state: &std::sync::Mutex<UbusState>, password: &str) -> Result<()> {
+    use std::io::{BufRead, Read, Write};
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header)?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        let request: Value = serde_json::from_slice(&body)?;
+        let result = ubus_call(&mut state.lock().expect("ubus state"), &request["params"], password);
+        let reply = serde_json::json!({"jsonrpc": "2.0", "id": request["id"], "result": result}).to_string();
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
+        )?;
+    }
+}
+
+fn ubus_call(state: &mut UbusState, params: &Value, password: &str) -> Value {
+    const SESSION: &str = "0123456789abcdef0123456789abcdef";
+    let (sid, object, method, args) = (&params[0], &params[1], &params[2], &params[3]);
+    if object == "session" && method == "login" {
+        if args["password"] == password {
+            state.logins += 1;
+            return serde_json::json!([0, {"ubus_rpc_session": SESSION}]);
+        }
+        state.refused_logins += 1;
+        return serde_json::json!([6]);
+    }
+    if sid != SESSION || object != "uci" {
+        return serde_json::json!([6]);
+    }
+    let config = args["config"].as_str().unwrap_or_default();
+    let section = args["section"].as_str();
+    match (method.as_str().unwrap_or_default(), config) {
+        ("get", "dhcp") => serde_json::json!([0, {"values": state.dhcp}]),
+        ("get", "firewall") => {
+            let kind = args["type"].as_str();
+            let values: serde_json::Map<String, Value> = state
+                .firewall
+                .iter()
+                .filter(|(_, v)| kind.is_none_or(|k| v[".type"] == k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            serde_json::json!([0, {"values": values}])
+        }
+        ("set", "dhcp") => {
+            if let Some(values) = args["values"].as_object() {
+                state.dhcp.extend(values.clone());
+            }
+            serde_json::json!([0])
+        }
+        ("delete", "dhcp") => {
+            if let Some(option) = args["option"].as_str() {
+                state.dhcp.remove(option);
+            }
+            serde_json::json!([0])
+        }
+        ("delete", "firewall") => {
+            state.firewall.remove(section.unwrap_or_default());
+            serde_json::json!([0])
+        }
+        ("add", "firewall") => {
+            let mut values = args["values"].clone();
+            values[".type"] = args["type"].clone();
+            state.firewall.insert(args["name"].as_str().unwrap_or_default().to_string(), values);
+            serde_json::json!([0])
+        }
+        ("commit" | "apply" | "confirm", _) | ("get", _) => serde_json::json!([0]),
+        _ => serde_json::json!([2]),
+    }
+}
+
+/// An OTLP/gRPC collector that keeps every byte it receives (OTLP protobuf carries strings verbatim)
+/// and answers each export with an empty `ExportTraceServiceResponse`, speaking just enough HTTP/2.
+struct Collector {
+    addr: std::net::SocketAddr,
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Collector {
+    fn start() -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = bytes.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let sink = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_h2(stream, &sink);
+                });
+            }
+        });
+        Ok(Collector { addr, bytes })
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.bytes.lock().expect("collector bytes").clone()
+    }
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).expect("small frame").to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn serve_h2(stream: std::net::TcpStream, sink: &std::sync::Mutex<Vec<u8>>) -> Result<()> {
+    use std::io::{Read, Write};
+    const PREFACE: usize = 24;
+    let mut reader = stream.try_clone()?;
+    let mut writer = stream;
+    writer.write_all(&h2_frame(0x4, 0, 0, &[]))?; // our SETTINGS: all defaults
+    let mut buffer = Vec::new();
+    let mut parsed = PREFACE;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        sink.lock().expect("collector bytes").extend_from_slice(&chunk[..n]);
+        buffer.extend_from_slice(&chunk[..n]);
+        while buffer.len() >= parsed + 9 {
+            let header = &buffer[parsed..parsed + 9];
+            let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            if buffer.len() < parsed + 9 + length {
+                break;
+            }
+            let (kind, flags) = (header[3], header[4]);
+            let id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            let payload = buffer[parsed + 9..parsed + 9 + length].to_vec();
+            parsed += 9 + length;
+            match kind {
+                0x4 if flags & 0x1 == 0 => writer.write_all(&h2_frame(0x4, 0x1, 0, &[]))?,
+                0x6 if flags & 0x1 == 0 => writer.write_all(&h2_frame(0x6, 0x1, 0, &payload))?,
+                0x0 => {
+                    if length > 0 {
+                        let increment = u32::try_from(length)?.to_be_bytes();
+                        writer.write_all(&h2_frame(0x8, 0, 0, &increment))?;
+                        writer.write_all(&h2_frame(0x8, 0, id, &increment))?;
+                    }
+                    if flags & 0x1 != 0 {
+                        // :status 200 (static index 8), content-type: application/grpc (name index 31).
+                        let mut headers = vec![0x88, 0x0f, 0x10, 16];
+                        headers.extend_from_slice(b"application/grpc");
+                        let mut trailers = vec![0x00, 11];
+                        trailers.extend_from_slice(b"grpc-status");
+                        trailers.extend_from_slice(&[1, b'0']);
+                        writer.write_all(&h2_frame(0x1, 0x4, id, &headers))?;
+                        writer.write_all(&h2_frame(0x0, 0, id, &[0, 0, 0, 0, 0]))?;
+                        writer.write_all(&h2_frame(0x1, 0x5, id, &trailers))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// maas-sim with a known key, a TLS coordinator with `[maas]` (key file 0600), the shim's and the
+/// coordinator's certificates from `coordinator router-cert issue`, and a `router-shim serve` with the
+/// openwrt backend (password in a 0600 file) against [`Ubus`], requiring client certificates.
+struct RouterLab {
+    dir: tempfile::TempDir,
+    _sim: Proc,
+    coordinator: Coordinator,
+    shim: Proc,
+    shim_addr: std::net::SocketAddr,
+    ubus: Ubus,
+    collector: Collector,
+    /// Every log file a process of the run wrote.
+    logs: Vec<PathBuf>,
+}
+
+impl RouterLab {
+    fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let collector = Collector::start()?;
+        let otel = |command: &mut Command| {
+            command
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", collector.addr))
+                .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+                .env("RUST_LOG", "info,coordinator=debug,router_shim=debug");
+        };
+        let sim_log = dir.path().join("maas-sim.log");
+        let mut command = Command::new(bin("maas-sim"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--time-scale", "0.01", "--api-key", &maas_key(), "--state-dir"])
+            .arg(dir.path().join("sim"));
+        std::fs::create_dir_all(dir.path().join("sim"))?;
+        command.stderr(std::fs::File::create(&sim_log)?);
+        let mut sim = Proc::spawn("maas-sim", command)?;
+        let sim_addr = sim.wait_listening(START)?;
+
+        let key_file = dir.path().join("maas.key");
+        private_file(&key_file, &format!("{}\n", maas_key()))?;
+        let config = dir.path().join("coordinator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[maas]\nurl = \"http://{sim_addr}/MAAS\"\napi_key_file = \"{}\"\npoll_interval = \"300ms\"\n\
+                 request_timeout = \"2s\"\nconnect_timeout = \"1s\"\nretries = 0\n\
+                 [lab]\nwait_poll = \"100ms\"\nwait_timeout = \"120s\"\n",
+                key_file.display()
+            ),
+        )?;
+        let state = dir.path().join("state");
+        let log = dir.path().join("coordinator.log");
+        let mut command = Command::new(bin("coordinator"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config).arg("--state-dir").arg(&state);
+        command.stderr(std::fs::File::create(&log)?);
+        otel(&mut command);
+        let mut proc = Proc::spawn("coordinator", command)?;
+        let addr = proc.wait_listening(START)?;
+        let coordinator = Coordinator { proc, addr, state: state.clone(), log: log.clone() };
+
+        // One command: the shim's server certificate and the coordinator's client certificate.
+        let mut command = Command::new(bin("coordinator"));
+        command.args(["router-cert", "issue", "--san", "127.0.0.1", "--san", "localhost", "--out"]);
+        command.arg(dir.path().join("shim-tls")).arg("--state-dir").arg(&state);
+        let issued = run(command, Duration::from_secs(30))?;
+        assert!(issued.status.success(), "router-cert issue: {}", stderr(&issued));
+        let printed = stdout(&issued);
+        assert!(printed.contains("tls_ca = "), "router-cert issue prints the shim's TLS lines: {printed}");
+
+        let ubus = Ubus::start(ROUTER_PASSWORD)?;
+        let credentials = dir.path().join("router.credentials");
+        private_file(&credentials, &format!("root:{ROUTER_PASSWORD}\n"))?;
+        let shim_config = dir.path().join("router-shim.toml");
+        std::fs::write(
+            &shim_config,
+            format!(
+                "backend = \"openwrt\"\nlan_prefix = \"172.16.0.0/20\"\nstate_dir = \"{}\"\n\
+                 protected_forwards = [\"main-ssh\"]\nconfirm_timeout = \"20s\"\n\
+                 [openwrt]\nurl = \"http://{}/ubus\"\ncredentials_file = \"{}\"\ntimeout = \"5s\"\n{printed}",
+                dir.path().join("shim-state").display(),
+                ubus.addr,
+                credentials.display()
+            ),
+        )?;
+        let shim_log = dir.path().join("router-shim.log");
+        let mut command = Command::new(bin("router-shim"));
+        command.arg("--config").arg(&shim_config).args(["serve", "--listen", "127.0.0.1:0"]);
+        command.stderr(std::fs::File::create(&shim_log)?);
+        otel(&mut command);
+        let mut shim = Proc::spawn("router-shim", command)?;
+        let shim_addr = shim.wait_listening(START)?;
+        std::fs::write(dir.path().join("lab.toml"), router_lab(shim_addr))?;
+        Ok(RouterLab {
+            dir,
+            _sim: sim,
+            coordinator,
+            shim,
+            shim_addr,
+            ubus,
+            collector,
+            logs: vec![sim_log, log, shim_log],
+        })
+    }
+
+    fn fleetctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        let mut command = Command::new(bin("fleetctl"));
+        command.arg("--config").arg(self.coordinator.state.join("client.toml")).args(args);
+        command.current_dir(self.dir.path());
+        run(command, Duration::from_secs(180))
+    }
+}
+
+fn router_lab(shim: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[maas]
+upstream_dns = ["172.20.129.131"]
+
+[subnet]
+cidr = "172.16.0.0/20"
+dhcp = true
+
+[[subnet.ranges]]
+type = "dynamic"
+start = "172.16.11.1"
+end = "172.16.14.255"
+
+[router]
+shim = "https://127.0.0.1:{}"
+dhcp = false
+
+[[router.forwards]]
+name = "main-ssh"
+external_port = 2222
+to = "172.16.0.3:22"
+protected = true
+"#,
+        shim.port()
+    )
+}
+
+#[test]
+fn the_coordinator_reaches_the_router_shim_over_mutual_tls_and_clients_without_a_certificate_are_refused() -> Result<()>
+{
+    let lab = RouterLab::start()?;
+
+    // The coordinator presents the client certificate `router-cert issue` left in its state directory.
+    let plan = lab.fleetctl(&["--output", "json", "plan", "lab.toml"])?;
+    assert!(plan.status.success(), "plan over mTLS: {}{}", stdout(&plan), stderr(&plan));
+    let steps: Value = serde_json::from_str(&stdout(&plan))?;
+    let summaries = steps["steps"].to_string();
+    assert!(summaries.contains("main-ssh"), "the plan read the router through the shim: {summaries}");
+    assert!(lab.ubus.state.lock().expect("ubus state").logins >= 1, "the shim logged in to the router");
+
+    // Without its client certificate the coordinator is refused by the shim.
+    let client_dir = lab.coordinator.state.join("router-client");
+    let aside = lab.dir.path().join("router-client-aside");
+    std::fs::rename(&client_dir, &aside)?;
+    let refused = lab.fleetctl(&["plan", "lab.toml"])?;
+    assert_eq!(refused.status.code(), Some(69), "{}{}", stdout(&refused), stderr(&refused));
+    let message = format!("{}{}", stdout(&refused), stderr(&refused));
+    assert!(message.contains(&lab.shim_addr.port().to_string()), "the address tried is named: {message}");
+    std::fs::rename(&aside, &client_dir)?;
+
+    // Another client that trusts the shim's CA but has no certificate changes nothing.
+    let mut command = Command::new(bin("router-shim"));
+    command
+        .args(["ensure-dhcp-off", "--interface", "lo", "--window", "1s", "--shim"])
+        .arg(format!("https://127.0.0.1:{}", lab.shim_addr.port()))
+        .arg("--ca")
+        .arg(lab.coordinator.state.join("ca.pem"));
+    let anonymous = run(command, Duration::from_secs(30))?;
+    assert!(!anonymous.status.success(), "a client without a certificate is refused: {}", stdout(&anonymous));
+    assert!(!lab.ubus.dhcp_ignored(), "the refused client did not switch the router's DHCP");
+
+    // With it again: apply goes through the shim and changes the router.
+    let applied = lab.fleetctl(&["apply", "lab.toml", "--yes"])?;
+    assert!(applied.status.success(), "apply over mTLS: {}{}", stdout(&applied), stderr(&applied));
+    assert!(lab.ubus.dhcp_ignored(), "the router's DHCP was switched off through the shim");
+    assert!(lab.ubus.state.lock().expect("ubus state").firewall.contains_key("mf_main_ssh"));
+    Ok(())
+}
+
+#[test]
+fn logs_json_output_and_traces_of_a_run_hold_neither_the_maas_key_nor_the_router_password() -> Result<()> {
+    let mut lab = RouterLab::start()?;
+    let mut outputs = Vec::new();
+    for args in [
+        &["--output", "json", "plan", "lab.toml"][..],
+        &["--output", "json", "apply", "lab.toml", "--yes"],
+        &["--output", "json", "plan", "lab.toml"],
+        &["--output", "json", "report"],
+        &["report"],
+        &["export"],
+        &["--output", "json", "status"],
+        &["--output", "json", "audit"],
+    ] {
+        let output = lab.fleetctl(args)?;
+        assert!(output.status.success(), "fleetctl {args:?}: {}{}", stdout(&output), stderr(&output));
+        outputs.push((format!("fleetctl {args:?}"), format!("{}\n{}", stdout(&output), stderr(&output))));
+    }
+    assert!(lab.ubus.dhcp_ignored(), "the run really drove the router");
+    // A wrong password is reported without being shown: the shim's error names the router, not the secret.
+    assert_eq!(lab.ubus.state.lock().expect("ubus state").refused_logins, 0);
+
+    // Stop the servers so their last spans are flushed to the collector and their logs are complete.
+    assert!(lab.coordinator.proc.terminate(Duration::from_secs(20))?.success());
+    assert!(lab.shim.terminate(Duration::from_secs(20))?.success());
+    let traces = lab.collector.received();
+    let traces_text = String::from_utf8_lossy(&traces).into_owned();
+    assert!(traces_text.contains("coordinator"), "the coordinator exported spans ({} bytes)", traces.len());
+    // Strings travel verbatim: the span of the plan's MAAS read of subnets is there by name.
+    assert!(traces_text.contains("subnets"), "the MAAS spans reached the collector");
+    let coordinator_log = std::fs::read_to_string(&lab.coordinator.log)?;
+    assert!(coordinator_log.contains("coordinator listening"), "the log was captured: {coordinator_log}");
+    // The shim gets the same OTLP variables; it opens no spans today, so only its logs hold its words.
+
+    let mut texts = outputs;
+    for log in &lab.logs {
+        texts.push((log.display().to_string(), std::fs::read_to_string(log)?));
+    }
+    texts.push(("OTLP traces".to_string(), traces_text));
+    let key = maas_key();
+    for (what, text) in &texts {
+        assert!(!text.is_empty() || what.contains("export"), "{what} is empty");
+        assert!(!text.contains(MAAS_SECRET), "{what} holds the MAAS token secret");
+        assert!(!text.contains(&key), "{what} holds the MAAS API key");
+        assert!(!text.contains(ROUTER_PASSWORD), "{what} holds the router password");
+    }
+    Ok(())
+}
