@@ -77,6 +77,7 @@ pub fn router_cert_issue(state_dir: &Path, out: &Path, sans: &[String]) -> i32 {
                 issued.client_cert.display(),
                 issued.client_key.display()
             );
+            println!("# after `coordinator ca retire-old`, run `coordinator router-cert issue` again");
             exit::OK
         }
         Err(error @ (RouterCertError::NoSans | RouterCertError::BadSan(_))) => {

@@ -174,6 +174,15 @@ fn copy_files(from: &Path, to: &Path) -> Result<(), RotationError> {
             }
         }
     }
+    // The coordinator's client credential for router shims (`coordinator router-cert issue`).
+    let router_client = from.join(crate::router_cert::CLIENT_DIR);
+    if let Ok(entries) = std::fs::read_dir(&router_client) {
+        let target = to.join(crate::router_cert::CLIENT_DIR);
+        std::fs::create_dir_all(&target).map_err(io("create", &target))?;
+        for file in entries.flatten() {
+            copy_keeping_mode(&file.path(), &target.join(file.file_name()))?;
+        }
+    }
     Ok(())
 }
 
@@ -216,12 +225,16 @@ mod tests {
         std::fs::create_dir_all(&state).unwrap();
         pki::ensure(&state, &[]).unwrap();
         drop(crate::store::SqliteStore::open(&state, 10).unwrap());
+        crate::router_cert::issue(&state, &dir.path().join("shim"), &["127.0.0.1".to_string()]).unwrap();
         backup(&state, &dir.path().join("backup")).unwrap();
         let restored = dir.path().join("restored");
         restore(&dir.path().join("backup"), &restored).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(restored.join(CA_KEY)).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read(restored.join(CA_CERT)).unwrap(), std::fs::read(state.join(CA_CERT)).unwrap());
+        let router_key = restored.join(crate::router_cert::CLIENT_DIR).join(crate::router_cert::CLIENT_KEY);
+        assert_eq!(std::fs::metadata(router_key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(crate::router_cert::client_identity(&restored, None, None).unwrap().is_some());
         assert!(matches!(restore(&dir.path().join("backup"), &restored), Err(RotationError::NotEmpty(_))));
     }
 }

@@ -5,6 +5,10 @@
 //! shim checks clients against; the coordinator's own credential goes to `<state_dir>/router-client/`,
 //! where [`client_identity`] finds it whenever a lab plan's `[router]` names an `https://` shim, so an
 //! operator writes no certificate paths into `lab.toml`. `[router] cert_file`/`key_file` override it.
+//!
+//! After a CA rotation (`coordinator ca rotate`, then `ca retire-old`) run `router-cert issue` again
+//! and give the shim its new files: the coordinator trusts only its current CAs, and `coordinator
+//! backup` keeps `router-client/` with the rest of the state directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
