@@ -66,6 +66,19 @@ fn sweep_stale() {
     }
 }
 
+/// Command lines of running processes that mention `dir` (the demo's binaries, agents and their arguments do).
+fn processes_using(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&needle))
+        .collect()
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("the demo wrote no {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON: {text}", path.display()))
@@ -157,5 +170,7 @@ fn demo_netns_full_lab_ends_with_every_machine_deployed_healthy_and_verified() -
     assert!(demo_namespaces(&prefix).is_empty(), "namespaces left: {:?}", demo_namespaces(&prefix));
     let left = std::fs::read_dir(&dir)?.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "pid")).count();
     assert_eq!(left, 0, "pid files (running processes) left in {}", dir.display());
+    let survivors = processes_using(&dir);
+    assert!(survivors.is_empty(), "processes of the demo still running: {survivors:?}");
     Ok(())
 }
