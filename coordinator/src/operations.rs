@@ -17,7 +17,7 @@ pub mod store;
 pub mod user_data;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,6 +30,7 @@ use crate::auth::Security;
 use crate::fleet::Fleet;
 use crate::maas;
 use crate::store::StoreError;
+use crate::verify::{Tolerances, VerifySources};
 
 pub use store::OperationsStore;
 
@@ -318,6 +319,8 @@ pub struct DeployContext {
 
 /// Sets up the engine for `coordinator serve`: the MAAS client, and with TLS the artifacts listener and the
 /// deploy context; then resumes unfinished operations. Problems that only stop deploys are logged, not fatal.
+/// `verify` is the store spec verification reads (the one VerifyService uses); without it the verify step only
+/// waits for the new agent's inventory.
 ///
 /// # Errors
 /// The operations store cannot be opened.
@@ -326,6 +329,7 @@ pub async fn start(
     bound: std::net::SocketAddr,
     fleet: Arc<Fleet>,
     security: Arc<Security>,
+    verify: Option<Arc<dyn VerifySources>>,
     stop: CancellationToken,
 ) -> Result<Operations, StoreError> {
     let store = OperationsStore::open(&server.state_dir)?;
@@ -336,7 +340,10 @@ pub async fn start(
     if !server.insecure && maas.is_some() {
         deploy = deploy_context(server, bound, stop.clone()).await;
     }
-    let ops = Operations::new(store, maas, security, fleet, server.operations.clone(), deploy, stop);
+    let mut ops = Operations::new(store, maas, security, fleet, server.operations.clone(), deploy, stop);
+    if let Some(verify) = verify {
+        ops = ops.with_verify(verify, server.verify.tolerance);
+    }
     let resumed = ops.resume().await?;
     if resumed > 0 {
         tracing::info!(resumed, "unfinished operations resumed");
@@ -408,6 +415,15 @@ struct Inner {
     updates: broadcast::Sender<Operation>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Spec verification for the verify step; set once, before any operation runs.
+    verify: OnceLock<Verification>,
+}
+
+/// What the verify step needs to verify a machine the way `fleetctl verify` does.
+#[derive(Clone)]
+pub(crate) struct Verification {
+    pub(crate) store: Arc<dyn VerifySources>,
+    pub(crate) tolerances: Tolerances,
 }
 
 impl Operations {
@@ -435,8 +451,24 @@ impl Operations {
                 updates,
                 stop,
                 tasks: TaskTracker::new(),
+                verify: OnceLock::new(),
             }),
         }
+    }
+
+    /// Gives the verify step the verification store and tolerances, so a redeployed machine is verified
+    /// (expected profile, commissioned baseline, live inventory) before it counts as done. Call it before
+    /// [`Operations::resume`]; a second call is ignored.
+    #[must_use]
+    pub fn with_verify(self, store: Arc<dyn VerifySources>, tolerances: Tolerances) -> Self {
+        if self.inner.verify.set(Verification { store, tolerances }).is_err() {
+            tracing::warn!("the operations engine already has its verification store; keeping the first");
+        }
+        self
+    }
+
+    fn verification(&self) -> Option<&Verification> {
+        self.inner.verify.get()
     }
 
     pub fn store(&self) -> &OperationsStore {
@@ -461,6 +493,18 @@ impl Operations {
     pub async fn join(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+
+    /// Stops the engine for a coordinator shutdown: cancels its stop token (each runner finishes and records the
+    /// MAAS call it is in, then leaves its record for the next run to resume) and waits up to `grace` for the
+    /// runners. Returns false when they overran (a step may then be left as started; resuming re-reads MAAS).
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.stop.cancel();
+        let running = self.inner.running.lock().unwrap_or_else(PoisonError::into_inner).len();
+        if running > 0 {
+            tracing::info!(running, ?grace, "waiting for running operations to record their current step");
+        }
+        tokio::time::timeout(grace, self.join()).await.is_ok()
     }
 
     fn maas(&self) -> Result<&maas::Client, OpError> {

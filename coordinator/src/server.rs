@@ -74,6 +74,8 @@ pub struct Prepared {
     health: tonic_health::server::HealthReporter,
     /// The MAAS poller's own stop token and task, when `[maas]` is configured.
     poller: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The redeploy engine, joined within the grace period so no step is left half-written.
+    ops: crate::operations::Operations,
 }
 
 /// Opens the store, starts the fleet's tasks, creates the certificates and writes `client.toml`.
@@ -242,6 +244,7 @@ async fn prepare_inner(
         .max_encoding_message_size(limit);
     let admin = OperatorGate::new(admin, security.clone(), security_service::STATE_CHANGING);
     // Spec verification and lost-node verdicts (issue 7): the loop, and VerifyService behind the gate.
+    let ops_verify = verify_store.clone();
     let verify = verify_store.map(|store| {
         let handle = crate::verify::task::VerifyHandle::new(fleet.clone(), store, config.verify.clone());
         crate::verify::task::spawn(handle.clone(), stop.child_token());
@@ -253,9 +256,11 @@ async fn prepare_inner(
         OperatorGate::new(service, security.clone(), crate::grpc::verify_service::STATE_CHANGING)
     });
     // Redeploy operations and machine lifecycle (issue 7), resumed from the store, behind the gate.
-    let ops = crate::operations::start(&config, bound, fleet.clone(), security.clone(), stop.child_token()).await?;
+    let engine =
+        crate::operations::start(&config, bound, fleet.clone(), security.clone(), ops_verify, stop.child_token())
+            .await?;
     let ops = proto::v1::operations_service_server::OperationsServiceServer::new(
-        crate::grpc::operations_service::OperationsApi::new(ops),
+        crate::grpc::operations_service::OperationsApi::new(engine.clone()),
     )
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
@@ -271,7 +276,7 @@ async fn prepare_inner(
         .add_optional_service(verify);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller })
+    Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller, ops: engine })
 }
 
 impl Prepared {
@@ -285,17 +290,21 @@ impl Prepared {
     /// # Errors
     /// The transport failed.
     pub async fn run(self) -> Result<(), ServeError> {
-        let Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller } = self;
+        let Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller, ops } = self;
         let client_path = config.state_dir.join(client_config::FILE_NAME);
         tracing::info!(addr = %bound, tls = !config.insecure, state_dir = %config.state_dir.display(), client_config = %client_path.display(), "coordinator listening");
         metalfleet_common::readiness::announce(bound);
 
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+        // Connections and running operations drain together, within one grace period from the stop.
+        let mut drain_deadline = None;
         let result = tokio::select! {
             result = &mut server => result,
             _ = stop.cancelled() => {
                 tracing::info!(grace_period = ?config.grace_period, "draining");
-                match tokio::time::timeout(config.grace_period, &mut server).await {
+                let deadline = tokio::time::Instant::now() + config.grace_period;
+                drain_deadline = Some(deadline);
+                match tokio::time::timeout_at(deadline, &mut server).await {
                     Ok(result) => result,
                     Err(_) => {
                         tracing::warn!("drain overran the grace period; closing the remaining connections");
@@ -306,6 +315,13 @@ impl Prepared {
             }
         };
         health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+        // Each running operation finishes the MAAS call it is in and records it; the next run resumes the rest.
+        let left = drain_deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or(config.grace_period);
+        if !ops.shutdown(left).await {
+            tracing::warn!("running operations overran the grace period; the next run resumes them from MAAS's state");
+        }
         if let Some((poller_stop, handle)) = poller {
             poller_stop.cancel();
             if let Err(error) = handle.await {

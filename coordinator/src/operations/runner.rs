@@ -5,9 +5,10 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{OpState, Operation, Operations, Step, StepRecord, user_data};
+use super::{OpState, Operation, Operations, Step, StepRecord, Verification, user_data};
 use crate::domain::Health;
 use crate::maas::{self, NodeStatus};
+use crate::verify::{MachineReport, Verdict};
 
 /// How a step ended when it did not succeed.
 enum Stop {
@@ -418,7 +419,7 @@ async fn run_step(
         }
         Step::Verify => {
             let machine_id = machine_id.ok_or_else(|| Stop::Failed("no enrolled machine to verify".into()))?;
-            verify_step(ops, &machine_id, now() + config.healthy_timeout, cancel).await
+            verify_step(ops, &system_id, &machine_id, now() + config.healthy_timeout, cancel).await
         }
         Step::WaitHealthy => {
             let machine_id = machine_id.ok_or_else(|| Stop::Failed("no enrolled machine to check".into()))?;
@@ -441,9 +442,110 @@ async fn run_step(
     }
 }
 
-/// The verify step. Until the verification module offers `verify_machine`, it checks that the new agent sent
-/// its inventory (the live half of verification).
+/// What one look at a redeployed machine's verification says.
+#[derive(Debug, PartialEq)]
+enum Judged {
+    /// The machine passes: the step succeeds with this message.
+    Passed(String),
+    /// Fail or drift: the machine's operation fails with the verdict summary.
+    Failed(String),
+    /// No verdict yet (no inventory, not matched yet): look again until the step's deadline; why.
+    Waiting(String),
+}
+
+/// Judges `report` (the row of MAAS machine `system_id`) for the agent `machine_id` that enrolled with this
+/// deploy's token. A row that still shows another agent, or none, is not this deploy's verdict yet.
+fn judge(report: Option<&MachineReport>, system_id: &str, machine_id: &str) -> Judged {
+    let Some(report) = report else {
+        return Judged::Waiting(format!("the coordinator's MAAS view has no machine {system_id} yet"));
+    };
+    if report.machine_id.as_deref() != Some(machine_id) {
+        return Judged::Waiting(format!("the new agent {machine_id} is not matched to {} yet", report.hostname));
+    }
+    let profile = report.profile.as_deref().map(|p| format!(" against profile {p}")).unwrap_or_default();
+    match report.verdict {
+        Verdict::Pass => Judged::Passed(format!("spec pass{profile} ({} fields checked)", report.fields.len())),
+        Verdict::Fail | Verdict::Drift => Judged::Failed(format!(
+            "spec {}{profile}: {}; see `fleetctl verify {}`",
+            report.verdict, report.reason, report.hostname
+        )),
+        Verdict::Unknown => Judged::Waiting(report.reason.clone()),
+    }
+}
+
+/// The verify step: the machine verified as `fleetctl verify` does (expected profile, commissioned baseline, live
+/// inventory). Fail or drift fails the machine with the verdict summary; unknown (no data yet) waits for the
+/// agent's inventory until `deadline`. Without a verification store it only waits for the inventory.
 async fn verify_step(
+    ops: &Operations,
+    system_id: &str,
+    machine_id: &str,
+    deadline: tokio::time::Instant,
+    cancel: &CancellationToken,
+) -> Result<(OpState, String), Stop> {
+    let Some(verification) = ops.verification().cloned() else {
+        return inventory_only(ops, machine_id, deadline, cancel).await;
+    };
+    claim(ops, &verification, system_id, machine_id).await;
+    loop {
+        let judged =
+            match crate::verify::verify_machine(verification.store.as_ref(), system_id, &verification.tolerances).await
+            {
+                Ok(report) => judge(report.as_ref(), system_id, machine_id),
+                Err(error) => {
+                    tracing::warn!(%error, system_id, "cannot read the verification inputs; retrying");
+                    Judged::Waiting(format!("the store failed: {error}"))
+                }
+            };
+        match judged {
+            Judged::Passed(message) => return Ok((OpState::Succeeded, message)),
+            Judged::Failed(message) => return Err(Stop::Failed(message)),
+            Judged::Waiting(why) if tokio::time::Instant::now() >= deadline => {
+                return Err(Stop::Failed(format!(
+                    "spec unknown after {:?}: {why}; check the agent's log, then redeploy",
+                    ops.inner.config.healthy_timeout
+                )));
+            }
+            Judged::Waiting(_) => pause(ops, cancel).await?,
+        }
+    }
+}
+
+/// The deploy's token says which agent runs on `system_id` now: match that agent to the machine, and unmatch the
+/// agent it had before the redeploy (which is gone; hostname matching would otherwise call the two a conflict
+/// and keep the old one).
+async fn claim(ops: &Operations, verification: &Verification, system_id: &str, machine_id: &str) {
+    let store = &verification.store;
+    let agents = match store.machines().await {
+        Ok(agents) => agents,
+        Err(error) => {
+            tracing::warn!(%error, system_id, "cannot read the agents; leaving the match to the verification loop");
+            return;
+        }
+    };
+    for old in agents.iter().filter(|a| a.id != machine_id && a.system_id.as_deref() == Some(system_id)) {
+        match store.set_system_id(&old.id, None).await {
+            Ok(()) => {
+                ops.inner.fleet.set_system_id(&old.id, None);
+                tracing::info!(machine_id = %old.id, system_id, "the agent from before the redeploy is no longer matched");
+            }
+            Err(error) => tracing::warn!(%error, machine_id = %old.id, "cannot unmatch the previous agent"),
+        }
+    }
+    let matched = agents.iter().any(|a| a.id == machine_id && a.system_id.as_deref() == Some(system_id));
+    if !matched {
+        match store.set_system_id(machine_id, Some(system_id.to_string())).await {
+            Ok(()) => {
+                ops.inner.fleet.set_system_id(machine_id, Some(system_id.to_string()));
+                tracing::info!(machine_id, system_id, "agent matched to MAAS by its deploy token");
+            }
+            Err(error) => tracing::warn!(%error, machine_id, "cannot match the new agent"),
+        }
+    }
+}
+
+/// The verify step without a verification store: the live half only (the agent sent its inventory).
+async fn inventory_only(
     ops: &Operations,
     machine_id: &str,
     deadline: tokio::time::Instant,
@@ -452,11 +554,261 @@ async fn verify_step(
     loop {
         let has_inventory = ops.inner.fleet.machine(machine_id, 0).await.is_ok_and(|v| v.inventory.is_some());
         if has_inventory {
-            return Ok((OpState::Succeeded, "inventory received".into()));
+            return Ok((OpState::Succeeded, "inventory received (no verification store to verify it)".into()));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Stop::Failed("the agent sent no inventory in time; verification cannot run".into()));
         }
         pause(ops, cancel).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::auth::Security;
+    use crate::config::HealthThresholds;
+    use crate::domain::maas::{MaasDisk, MaasMachine};
+    use crate::domain::{BlockDevice, Enrollment, Inventory};
+    use crate::fleet::{Fleet, FleetSettings};
+    use crate::operations::{Config, DeployContext, OperationsStore, RedeployRequest};
+    use crate::store::{MaasStore, SqliteStore, Store};
+    use crate::verify::{Tolerances, VerifyStore};
+
+    /// The stores, the fleet and the security state one engine (or two, one after another) runs on.
+    struct Rig {
+        dir: tempfile::TempDir,
+        store: Arc<SqliteStore>,
+        fleet: Arc<Fleet>,
+        security: Arc<Security>,
+        _fleet_stop: tokio_util::sync::DropGuard,
+    }
+
+    async fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), 10).unwrap());
+        let settings = FleetSettings {
+            thresholds: HealthThresholds::default(),
+            heartbeat_interval: Duration::from_secs(1),
+            write_queue: 16,
+            evaluate_every: Duration::from_secs(3600),
+            history_samples: 10,
+        };
+        let fleet_stop = CancellationToken::new();
+        let (fleet, _tasks) = Fleet::start(store.clone(), settings, fleet_stop.clone()).await.unwrap();
+        let security_store = crate::security_store::SecurityStore::open(dir.path()).unwrap();
+        let security =
+            Security::load(security_store, Default::default(), true, dir.path().to_path_buf()).await.unwrap();
+        Rig { dir, store, fleet, security, _fleet_stop: fleet_stop.drop_guard() }
+    }
+
+    fn engine(rig: &Rig, maas: Option<maas::Client>, stop: CancellationToken) -> Operations {
+        let config = Config {
+            poll_interval: Duration::from_millis(20),
+            healthy_timeout: Duration::from_millis(300),
+            ..Config::default()
+        };
+        let deploy = DeployContext {
+            coordinator_url: "https://127.0.0.1:1".into(),
+            artifacts_url: "https://127.0.0.1:2".into(),
+            agent_sha256: "0".repeat(64),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            token_ttl: Duration::from_secs(600),
+        };
+        let store = OperationsStore::open(rig.dir.path()).unwrap();
+        Operations::new(store, maas, rig.security.clone(), rig.fleet.clone(), config, Some(deploy), stop)
+            .with_verify(rig.store.clone(), Tolerances::default())
+    }
+
+    fn maas_machine(system_id: &str, hostname: &str) -> MaasMachine {
+        MaasMachine {
+            system_id: system_id.into(),
+            hostname: hostname.into(),
+            status: 6,
+            status_name: "Deployed".into(),
+            power_state: "on".into(),
+            owner: None,
+            ip_addresses: vec![],
+            tags: vec![],
+            zone: "default".into(),
+            pool: "default".into(),
+            cpu_count: 4,
+            cpu_speed_mhz: 2000,
+            memory_mib: 16 * 1024,
+            storage_bytes: 500_000_000_000,
+            disks: vec![MaasDisk { name: "sda".into(), size_bytes: 500_000_000_000, ..Default::default() }],
+            interfaces: vec![],
+            updated_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+        }
+    }
+
+    /// What a machine like [`maas_machine`] reports, with `disks` disks.
+    fn inventory(disks: usize) -> Inventory {
+        Inventory {
+            logical_cpus: 4,
+            memory_total_bytes: (16 << 30) - (300 << 20),
+            disks: (0..disks)
+                .map(|i| BlockDevice { name: format!("sd{i}"), size_bytes: 500_000_000_000, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    async fn enroll(fleet: &Fleet, agent: &str, hostname: &str) -> String {
+        let enrollment = Enrollment {
+            agent_id: agent.into(),
+            hostname: hostname.into(),
+            mac_addresses: vec![],
+            agent_version: "t".into(),
+        };
+        fleet.enroll(enrollment).await.unwrap().id
+    }
+
+    fn check(report: Option<&MachineReport>, machine_id: &str, expected: &Judged) {
+        assert_eq!(&judge(report, "aaa", machine_id), expected, "{report:#?}");
+    }
+
+    fn report(machine_id: Option<&str>, verdict: Verdict, reason: &str) -> MachineReport {
+        MachineReport {
+            hostname: "server1".into(),
+            system_id: Some("aaa".into()),
+            machine_id: machine_id.map(str::to_string),
+            profile: Some("db".into()),
+            baseline: None,
+            verdict,
+            reason: reason.into(),
+            fields: vec![],
+        }
+    }
+
+    #[test]
+    fn judge_waits_for_this_deploys_agent_and_fails_on_fail_or_drift() {
+        check(None, "m2", &Judged::Waiting("the coordinator's MAAS view has no machine aaa yet".into()));
+        let old = report(Some("m1"), Verdict::Pass, "");
+        check(Some(&old), "m2", &Judged::Waiting("the new agent m2 is not matched to server1 yet".into()));
+        let unknown = report(Some("m2"), Verdict::Unknown, "the agent has not reported an inventory yet");
+        check(Some(&unknown), "m2", &Judged::Waiting("the agent has not reported an inventory yet".into()));
+        check(
+            Some(&report(Some("m2"), Verdict::Pass, "")),
+            "m2",
+            &Judged::Passed("spec pass against profile db (0 fields checked)".into()),
+        );
+        let drift = report(Some("m2"), Verdict::Drift, "disk_count: live has 0 disks, commissioned 1");
+        check(
+            Some(&drift),
+            "m2",
+            &Judged::Failed(
+                "spec drift against profile db: disk_count: live has 0 disks, commissioned 1; see `fleetctl verify server1`"
+                    .into(),
+            ),
+        );
+        let fail = report(Some("m2"), Verdict::Fail, "logical_cpus: the profile needs at least 8");
+        assert!(matches!(judge(Some(&fail), "aaa", "m2"), Judged::Failed(m) if m.starts_with("spec fail")));
+    }
+
+    #[tokio::test]
+    async fn verify_step_claims_the_machine_for_the_new_agent_and_gives_the_real_verdict() {
+        let rig = rig().await;
+        let stop = CancellationToken::new();
+        let ops = engine(&rig, None, stop.clone());
+        rig.store.record_maas_poll(vec![maas_machine("aaa", "server1")], vec![], Utc::now()).await.unwrap();
+        // The agent from before the redeploy still holds the match.
+        let old = enroll(&rig.fleet, "agent-old", "server1").await;
+        rig.store.set_system_id(&old, Some("aaa".into())).await.unwrap();
+        let new = enroll(&rig.fleet, "agent-new", "server1").await;
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(150);
+
+        // No inventory yet: unknown, waited for until the deadline, then the machine fails with the reason.
+        let Err(Stop::Failed(message)) = verify_step(&ops, "aaa", &new, soon(), &stop).await else {
+            panic!("an agent without inventory cannot pass");
+        };
+        assert!(message.starts_with("spec unknown") && message.contains("inventory"), "{message}");
+        assert_eq!(rig.store.machine(&old).await.unwrap().unwrap().system_id, None, "the old agent is unmatched");
+        assert_eq!(rig.store.machine(&new).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
+
+        rig.fleet.report_inventory(&new, inventory(1)).await.unwrap();
+        let passed = verify_step(&ops, "aaa", &new, soon(), &stop).await.ok().expect("the same specs pass");
+        assert_eq!(passed.0, OpState::Succeeded);
+        assert!(passed.1.starts_with("spec pass"), "{}", passed.1);
+
+        // A later redeploy whose agent reports a disk fewer than commissioned drifts: the machine fails.
+        let newer = enroll(&rig.fleet, "agent-newer", "server1").await;
+        rig.fleet.report_inventory(&newer, inventory(0)).await.unwrap();
+        let Err(Stop::Failed(message)) = verify_step(&ops, "aaa", &newer, soon(), &stop).await else {
+            panic!("a lost disk is drift");
+        };
+        assert!(message.starts_with("spec drift") && message.contains("disk_count"), "{message}");
+        stop.cancel();
+    }
+
+    /// A stopping coordinator leaves the running step recorded as started; the next run resumes it without
+    /// deploying again, and its verify step gives the real verdict.
+    #[tokio::test]
+    async fn shutdown_joins_the_runners_and_the_next_run_resumes_and_verifies() {
+        let mut sim_config = maas_sim::Config::for_tests();
+        sim_config.enlisted = true;
+        let sim = maas_sim::start(sim_config).await.unwrap();
+        let rig = rig().await;
+        let key_file = rig.dir.path().join("maas.key");
+        std::fs::write(&key_file, sim.api_key()).unwrap();
+        std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let mut maas_config = maas::Config::new(sim.base_url().parse().unwrap(), key_file);
+        maas_config.retry_backoff = Duration::from_millis(10);
+        let client = maas::Client::new(&maas_config).unwrap();
+
+        let stop = CancellationToken::new();
+        let ops = engine(&rig, Some(client.clone()), stop.clone());
+        let mut updates = ops.subscribe();
+        let request = RedeployRequest { machines: vec!["server1".into()], max_unavailable: 1, ..Default::default() };
+        let (op, _) = ops.redeploy(request).await.unwrap();
+        let id = op.unwrap().id;
+        let in_step = |op: &Operation, step: Step| op.machines[0].step().is_some_and(|s| s.step == step);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !updates.recv().await.is_ok_and(|op| in_step(&op, Step::WaitEnrolled)) {}
+        })
+        .await
+        .expect("the machine deploys and waits for its agent");
+
+        assert!(ops.shutdown(Duration::from_secs(5)).await, "the runners stop within the grace period");
+        let stored = ops.store().get(&id).await.unwrap().unwrap();
+        assert_eq!(stored.state, OpState::Running, "a shutdown is not an end: {stored:#?}");
+        let step = stored.machines[0].step().unwrap();
+        assert_eq!((step.step, step.state), (Step::WaitEnrolled, OpState::Running), "{stored:#?}");
+
+        // The next run: the agent enrolls with the deploy's token; MAAS's view shows specs it matches.
+        let stop = CancellationToken::new();
+        let ops = engine(&rig, Some(client.clone()), stop.clone());
+        let mut updates = ops.subscribe();
+        assert_eq!(ops.resume().await.unwrap(), 1);
+        let system_id = stored.machines[0].system_id.clone();
+        rig.store.record_maas_poll(vec![maas_machine(&system_id, "server1")], vec![], Utc::now()).await.unwrap();
+        let agent = enroll(&rig.fleet, "agent-1", "server1").await;
+        rig.fleet.report_inventory(&agent, inventory(1)).await.unwrap();
+        let token = stored.machines[0].token_id.clone().unwrap();
+        ops.store().record_token_enrollment(&token, &agent, "agent-1", Utc::now()).await.unwrap();
+        let verified = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(op) = updates.recv().await
+                    && let Some(s) = op.machines[0].steps.iter().find(|s| s.step == Step::Verify && s.state.is_final())
+                {
+                    return s.clone();
+                }
+            }
+        })
+        .await
+        .expect("the resumed operation reaches its verify step");
+        assert_eq!(verified.state, OpState::Succeeded, "{verified:#?}");
+        assert!(verified.message.starts_with("spec pass"), "{verified:#?}");
+        let deploys = sim.request_log().iter().filter(|r| r.op.as_deref() == Some("deploy") && r.status == 200).count();
+        assert_eq!(deploys, 1, "resuming never deploys twice");
+
+        stop.cancel();
+        assert!(ops.shutdown(Duration::from_secs(5)).await);
+        sim.shutdown().await;
     }
 }
