@@ -559,7 +559,7 @@ impl RouterLab {
             command
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", collector.addr))
                 .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-                .env("RUST_LOG", "info,coordinator=debug,router_shim=debug");
+                .env("RUST_LOG", "debug");
         };
         let sim_log = dir.path().join("maas-sim.log");
         let mut command = Command::new(bin("maas-sim"));
