@@ -80,7 +80,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "tib" => 1 << 40,
         other => {
-            return Err(format!("unknown size unit {other:?} in {text:?}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"));
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
         }
     };
     let bytes = number * factor as f64;

@@ -439,7 +439,9 @@ async fn machines_show(client: &FleetClient, json: bool, name: &str, history: u3
     });
     let now = chrono::Utc::now();
     match (view, found) {
-        (None, None) => Err(not_found.map(CliError::from).unwrap_or_else(|| CliError::Usage(format!("no machine {name}")))),
+        (None, None) => {
+            Err(not_found.map(CliError::from).unwrap_or_else(|| CliError::Usage(format!("no machine {name}"))))
+        }
         (Some(view), found) if json => {
             let mut value = cli::machine_detail_json(&view);
             if let Some((machine, sync)) = found {

@@ -148,7 +148,12 @@ impl AgentService for AgentApi {
         };
         if let EnrollGrant::Token(token_id) = &grant {
             // The redeploy flow recognises the agent it deployed by the token it minted for that deploy.
-            let recorded = security.store.record_token_enrollment(token_id.clone(), machine.id.clone(), agent_id, chrono::Utc::now());
+            let recorded = security.store.record_token_enrollment(
+                token_id.clone(),
+                machine.id.clone(),
+                agent_id,
+                chrono::Utc::now(),
+            );
             if let Err(error) = recorded.await {
                 tracing::error!(%error, "cannot record which token enrolled the machine; a redeploy may wait for it in vain");
             }

@@ -6,9 +6,9 @@
 pub mod lab;
 pub mod maas;
 pub mod operations;
-pub mod verify;
 #[cfg(test)]
 mod proptests;
+pub mod verify;
 
 use chrono::{DateTime, Utc};
 use proto::v1 as pb;
