@@ -1,6 +1,10 @@
 //! Issue 7's redeploy checks: maas-sim with a deploy hook that plays cloud-init (downloads the agent from the
 //! coordinator's artifacts listener, checks its SHA-256, starts it with the token from the user data), and the
 //! coordinator driving redeploys through fleetctl.
+//!
+//! maas-sim runs in this process (its library), so a test can make a second MAAS user's API key. Its machines
+//! are generated from THIS host's inventory (every agent really runs here), so a redeployed machine's verify
+//! step gives a real `pass`.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -17,7 +21,8 @@ const KEY: &str = "e2econs:e2etoken:e2esecret";
 
 /// The hook: on `deployed` it does what the user data's cloud-init would (write_files, download and check the
 /// agent, start it); on `released`/`powered-off` it stops that machine's agent.
-const HOOK: &str = r#"#!/bin/sh
+/// `LAB` (where each machine's files go) is set by the line [`Lab::start`] puts in front.
+const HOOK: &str = r#"
 set -eu
 D="$LAB/$MAAS_SIM_HOSTNAME"
 mkdir -p "$D"
@@ -25,6 +30,8 @@ stop_agent() { if [ -f "$D/pid" ]; then kill "$(cat "$D/pid")" 2>/dev/null || tr
 case "$MAAS_SIM_EVENT" in
 deployed)
   stop_agent
+  # A deploy without user data (straight through the MAAS API) installs no agent.
+  [ -s "${MAAS_SIM_USER_DATA:-}" ] || exit 0
   rm -rf "$D/root" "$D/state"
   awk -v root="$D/root" '
     /^  - path: / { path = root $3; inblock = 0; next }
@@ -54,12 +61,63 @@ esac
 
 struct Lab {
     dir: tempfile::TempDir,
-    sim: Proc,
+    /// Runs the in-process maas-sim (and the MAAS clients the tests use directly).
+    runtime: tokio::runtime::Runtime,
+    sim: Option<maas_sim::Handle>,
     sim_addr: std::net::SocketAddr,
     coordinator: Option<Proc>,
     /// The gRPC address, kept across restarts: deployed agents dial the address their user data names.
     addr: Option<std::net::SocketAddr>,
     config: PathBuf,
+}
+
+/// maas-sim's machines `server1..server4`, each with this host's CPUs, memory, disks and NICs (physical ones,
+/// or every one when none is physical, as verification counts them) and MACs of its own.
+fn host_machines() -> Result<Vec<maas_sim::MachineSpec>> {
+    let inventory = super::verify::host_inventory()?;
+    let cpu_count = u32::try_from(inventory["logical_cpus"].as_u64().context("logical_cpus")?)?;
+    let memory_mib = inventory["memory_total_bytes"].as_u64().context("memory_total_bytes")? >> 20;
+    let all: Vec<&Value> = inventory["interfaces"].as_array().into_iter().flatten().collect();
+    let physical: Vec<&Value> = all.iter().copied().filter(|i| i["virtual"] == false).collect();
+    let nics = if physical.is_empty() { all } else { physical };
+    let block_devices: Vec<maas_sim::BlockDeviceSpec> = inventory["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| maas_sim::BlockDeviceSpec {
+            name: d["name"].as_str().unwrap_or_default().to_string(),
+            size_bytes: d["size_bytes"].as_u64().unwrap_or_default(),
+            model: d["model"].as_str().unwrap_or_default().to_string(),
+            serial: d["serial"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    Ok((1..=4)
+        .map(|n| {
+            let macs: Vec<String> =
+                (0..nics.len().max(1)).map(|m| format!("52:54:00:00:{n:02x}:{:02x}", m + 1)).collect();
+            maas_sim::MachineSpec {
+                hostname: format!("server{n}"),
+                mac_addresses: macs.clone(),
+                architecture: "amd64/generic".into(),
+                power_type: "ipmi".into(),
+                power_parameters: [("power_address".to_string(), "127.0.0.1".to_string())].into(),
+                cpu_count,
+                cpu_speed_mhz: 2400,
+                memory_mib,
+                block_devices: block_devices.clone(),
+                interfaces: nics
+                    .iter()
+                    .zip(&macs)
+                    .map(|(nic, mac)| maas_sim::InterfaceSpec {
+                        name: nic["name"].as_str().unwrap_or_default().to_string(),
+                        mac: mac.clone(),
+                        link_speed_mbps: u32::try_from(nic["speed_mbps"].as_u64().unwrap_or_default()).unwrap_or(0),
+                    })
+                    .collect(),
+                tags: Vec::new(),
+            }
+        })
+        .collect())
 }
 
 impl Lab {
@@ -68,16 +126,19 @@ impl Lab {
         let lab = dir.path().join("lab");
         std::fs::create_dir_all(&lab)?;
         let hook = dir.path().join("hook.sh");
-        std::fs::write(&hook, HOOK)?;
+        std::fs::write(&hook, format!("#!/bin/sh\nLAB='{}'{HOOK}", lab.display()))?;
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
         let sim_state = dir.path().join("sim");
         std::fs::create_dir_all(&sim_state)?;
-        let mut command = Command::new(bin("maas-sim"));
-        command.args(["--listen", "127.0.0.1:0", "--enlisted", "--time-scale", "0.01", "--api-key", KEY]);
-        command.arg("--state-dir").arg(&sim_state).arg("--hook").arg(&hook).env("LAB", &lab);
-        command.stderr(std::fs::File::create(dir.path().join("sim.log"))?);
-        let mut sim = Proc::spawn("maas-sim", command)?;
-        let sim_addr = sim.wait_listening(START)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let mut sim_config = maas_sim::Config::for_tests();
+        sim_config.machines = host_machines()?;
+        sim_config.enlisted = true;
+        sim_config.api_key = Some(KEY.into());
+        sim_config.state_dir = Some(sim_state);
+        sim_config.hook = Some(hook);
+        let sim = runtime.block_on(maas_sim::start(sim_config))?;
+        let sim_addr = sim.addr();
         let key_file = dir.path().join("maas.key");
         std::fs::write(&key_file, format!("{KEY}\n"))?;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
@@ -89,15 +150,39 @@ impl Lab {
                  retries = 6\nretry_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n\n\
                  [operations]\npoll_interval = \"100ms\"\nenroll_timeout = \"60s\"\nhealthy_timeout = \"60s\"\n\n\
                  [artifacts]\nagent_binary = \"{}\"\nlisten = \"127.0.0.1:{}\"\n\n\
+                 [verify]\ninterval = \"300ms\"\n\n\
                  [health]\ndisk_used_percent = 100.0\nmemory_available_percent = 0.0\nload_per_cpu = 1000.0\n",
                 key_file.display(),
                 bin("agent").display(),
                 free_port()?
             ),
         )?;
-        let mut lab = Lab { dir, sim, sim_addr, coordinator: None, addr: None, config };
+        let mut lab = Lab { dir, runtime, sim: Some(sim), sim_addr, coordinator: None, addr: None, config };
         lab.start_coordinator()?;
         Ok(lab)
+    }
+
+    fn sim(&self) -> &maas_sim::Handle {
+        self.sim.as_ref().expect("the sim runs until the lab is dropped")
+    }
+
+    /// A MAAS client of the user whose API key is `key` (the admin's: [`KEY`]).
+    fn maas_client(&self, key: &str) -> Result<coordinator::maas::Client> {
+        let key_file = self.dir.path().join(format!("maas-{}.key", key.split(':').next().unwrap_or("user")));
+        std::fs::write(&key_file, format!("{key}\n"))?;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+        let mut config = coordinator::maas::Config::new(format!("http://{}/MAAS", self.sim_addr).parse()?, key_file);
+        config.retries = 0;
+        Ok(coordinator::maas::Client::new(&config)?)
+    }
+
+    /// MAAS's view of `hostname`, read directly.
+    fn maas_machine(&self, hostname: &str) -> Result<coordinator::maas::Machine> {
+        let client = self.maas_client(KEY)?;
+        self.runtime.block_on(async {
+            let all = client.machines(&Default::default()).await?;
+            all.into_iter().find(|m| m.hostname == hostname).with_context(|| format!("MAAS has no {hostname}"))
+        })
     }
 
     fn state(&self) -> PathBuf {
@@ -191,7 +276,12 @@ impl Drop for Lab {
                 let _ = Command::new("kill").arg(pid.trim()).status();
             }
         }
-        let _ = self.sim.kill();
+        if let Some(mut coordinator) = self.coordinator.take() {
+            let _ = coordinator.kill();
+        }
+        if let Some(sim) = self.sim.take() {
+            self.runtime.block_on(sim.shutdown());
+        }
     }
 }
 
@@ -218,6 +308,14 @@ fn check_agent_enrolled_with_token(lab: &Lab, machine: &Value, path: &Path) -> R
     Ok(())
 }
 
+/// The machine's verify step passed with the verification's own verdict (not just "inventory received").
+fn check_verified(machine: &Value) {
+    let verify = machine["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "verify")).cloned();
+    let verify = verify.unwrap_or_default();
+    assert_eq!(verify["state"], "succeeded", "{machine:#}");
+    assert!(verify["message"].as_str().is_some_and(|m| m.starts_with("spec pass")), "{verify:#}");
+}
+
 #[test]
 fn redeploy_of_one_machine_enrolls_the_new_agent_with_the_minted_token() -> Result<()> {
     let lab = Lab::start()?;
@@ -232,6 +330,14 @@ fn redeploy_of_one_machine_enrolls_the_new_agent_with_the_minted_token() -> Resu
     assert_eq!(
         steps,
         ["release", "wait_ready", "allocate", "deploy", "wait_deployed", "wait_enrolled", "verify", "wait_healthy"]
+    );
+    // The verify step gave the machine's real verdict: this host's inventory against the commissioned spec.
+    check_verified(machine);
+    let verify = lab.json(&["--output", "json", "verify", "server1"])?;
+    assert_eq!(verify["machines"][0]["verdict"], "pass", "{verify:#}");
+    assert_eq!(
+        verify["machines"][0]["machine_id"], machine["machine_id"],
+        "the new agent is the one verified: {verify:#}"
     );
     assert_eq!(lab.deploys()?.values().sum::<usize>(), 1);
     // A second redeploy of a machine busy in an operation is refused; a finished one may go again.
@@ -259,6 +365,7 @@ fn rolling_redeploy_survives_a_coordinator_kill_and_deploys_each_machine_once() 
     assert_eq!(machines.len(), 4);
     for m in machines {
         check_agent_enrolled_with_token(&lab, m, &lab.lab_dir().join(m["hostname"].as_str().unwrap()))?;
+        check_verified(m);
     }
     // Order and health gate: each machine's window (release start .. healthy) ends before the next one's starts.
     for pair in machines.windows(2) {
@@ -288,5 +395,122 @@ fn failed_deployment_ends_that_machine_with_maas_message_and_stops_the_rollout()
         assert_eq!(m["state"], "cancelled", "the rollout stopped past its failure limit: {m}");
         assert!(m["steps"].as_array().unwrap().is_empty(), "{m}");
     }
+    Ok(())
+}
+
+/// Whether process `pid` runs (a zombie does not count).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_string()))
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// `fleetctl power off|on|cycle` go through MAAS (maas-sim's power state follows, and powering off stops the
+/// agent through the hook's powered-off event, as switching a server off would); `machines forget --release`
+/// revokes the machine's certificate, keeps its history and releases it in MAAS.
+#[test]
+fn power_and_forget_go_through_maas_and_keep_the_history() -> Result<()> {
+    use coordinator::maas::{NodeStatus, PowerState};
+    let lab = Lab::start()?;
+    let op = lab.json(&["--output", "json", "redeploy", "server1", "--wait"])?;
+    assert_eq!(op["state"], "succeeded", "{op:#}");
+    let machine_id = op["machines"][0]["machine_id"].as_str().context("the new agent's machine id")?.to_string();
+    let pid_file = lab.lab_dir().join("server1/pid");
+    let pid = std::fs::read_to_string(&pid_file)?.trim().to_string();
+    assert!(alive(&pid), "the hook started server1's agent");
+    let power = |state: PowerState| {
+        wait_until(&format!("MAAS to show server1 {state:?}"), Duration::from_secs(30), || {
+            lab.maas_machine("server1").ok().filter(|m| m.power_state == state)
+        })
+    };
+
+    let off = lab.json(&["--output", "json", "power", "off", "server1"])?;
+    assert_eq!(off["hostname"], "server1", "{off}");
+    power(PowerState::Off)?;
+    wait_until("server1's agent to stop with its power", Duration::from_secs(30), || {
+        (!pid_file.exists() && !alive(&pid)).then_some(())
+    })?;
+    lab.json(&["--output", "json", "power", "on", "server1"])?;
+    power(PowerState::On)?;
+
+    // A cycle is off, then on once MAAS reports off.
+    lab.sim().clear_request_log();
+    let cycled = lab.fleetctl(&["power", "cycle", "server1"])?;
+    assert!(cycled.status.success(), "{}", stderr(&cycled));
+    assert!(stdout(&cycled).contains("server1"), "{}", stdout(&cycled));
+    power(PowerState::On)?;
+    let power_ops: Vec<String> = lab
+        .sim()
+        .request_log()
+        .into_iter()
+        .filter(|r| r.status == 200)
+        .filter_map(|r| r.op)
+        .filter(|op| op == "power_on" || op == "power_off")
+        .collect();
+    assert_eq!(power_ops, ["power_off", "power_on"]);
+
+    let forgot = lab.json(&["--output", "json", "machines", "forget", "server1", "--release"])?;
+    assert_eq!(forgot["released"], true, "{forgot}");
+    assert!(forgot["revoked_certificates"].as_u64().is_some_and(|n| n >= 1), "{forgot}");
+    wait_until("MAAS to release server1", Duration::from_secs(30), || {
+        lab.maas_machine("server1").ok().filter(|m| m.status == NodeStatus::Ready && m.owner.is_none())
+    })?;
+    let agents = lab.json(&["--output", "json", "agents", "list"])?;
+    let certs: Vec<&Value> =
+        agents["agents"].as_array().into_iter().flatten().filter(|a| a["machine_id"] == machine_id).collect();
+    assert!(!certs.is_empty() && certs.iter().all(|c| c["revoked"] == true), "every certificate revoked: {agents:#}");
+    // Its history is kept: the machine and its events are still there.
+    let shown = lab.fleetctl(&["--output", "json", "machines", "show", &machine_id])?;
+    assert!(shown.status.success() && stdout(&shown).contains("server1"), "{}{}", stdout(&shown), stderr(&shown));
+    let events = stdout(&lab.fleetctl(&["--output", "json", "events"])?);
+    assert!(events.lines().any(|l| l.contains(&machine_id) && l.contains("\"enrolled\"")), "{events}");
+    Ok(())
+}
+
+/// A machine locked in MAAS and a machine another MAAS user owns are refused with the reason, by name and in
+/// the rolling form's plan, and nothing is sent to MAAS for them.
+#[test]
+fn locked_machines_and_machines_of_another_maas_user_are_refused_with_the_reason() -> Result<()> {
+    let lab = Lab::start()?;
+    let admin = lab.maas_client(KEY)?;
+    let alice = lab.maas_client(&lab.sim().create_api_key("alice", false))?;
+    let server1 = lab.maas_machine("server1")?.system_id;
+    let server2 = lab.maas_machine("server2")?.system_id;
+    lab.runtime.block_on(async {
+        admin.deploy(&server1, &Default::default()).await?;
+        admin.lock(&server1, Some("e2e: keep it")).await?;
+        let request = coordinator::maas::AllocateRequest { system_id: Some(server2.clone()), ..Default::default() };
+        alice.allocate(&request).await?;
+        anyhow::Ok(())
+    })?;
+    lab.sim().clear_request_log();
+
+    let locked = lab.fleetctl(&["redeploy", "server1"])?;
+    assert_eq!(locked.status.code(), Some(1), "{}", stderr(&locked));
+    assert!(stderr(&locked).contains("server1 is locked in MAAS; unlock it there first"), "{}", stderr(&locked));
+    let owned = lab.fleetctl(&["redeploy", "server2", "--wait"])?;
+    assert_eq!(owned.status.code(), Some(1), "{}", stderr(&owned));
+    assert!(stderr(&owned).contains("server2 is owned by MAAS user alice, not admin"), "{}", stderr(&owned));
+
+    let plan = lab.json(&["--output", "json", "redeploy", "--all", "--dry-run"])?;
+    let refused: Vec<(String, String)> = plan["plan"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| (p["hostname"].as_str().unwrap_or_default().into(), p["refused"].as_str().unwrap_or("-").into()))
+        .collect();
+    assert_eq!(refused.len(), 4, "{plan:#}");
+    assert!(refused[0].1.contains("locked"), "{refused:?}");
+    assert!(refused[1].1.contains("owned by MAAS user alice"), "{refused:?}");
+    assert_eq!((refused[2].1.as_str(), refused[3].1.as_str()), ("-", "-"), "the others are planned: {refused:?}");
+
+    let changes: Vec<_> = lab
+        .sim()
+        .request_log()
+        .into_iter()
+        .filter(|r| r.method == "POST" && (r.path.contains(&server1) || r.path.contains(&server2)))
+        .collect();
+    assert!(changes.is_empty(), "nothing was sent for refused machines: {changes:?}");
     Ok(())
 }

@@ -23,8 +23,8 @@ const START: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(60);
 const KEY: &str = "verifycons:verifytoken:verifysecret";
 
-/// This host's inventory, as `agent inventory --output json` prints it.
-fn host_inventory() -> Result<Value> {
+/// This host's inventory, as `agent inventory --output json` prints it (the redeploy checks use it too).
+pub(super) fn host_inventory() -> Result<Value> {
     let mut command = Command::new(bin("agent"));
     command.args(["inventory", "--output", "json"]);
     let output = run(command, Duration::from_secs(30))?;
