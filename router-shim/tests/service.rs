@@ -194,6 +194,23 @@ async fn bad_input_over_grpc_is_invalid_argument_and_applies_nothing() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn an_oversized_request_is_refused_and_the_shim_keeps_serving() {
+    let router = Arc::new(FakeRouter::default());
+    let server = start(router.clone(), Duration::from_secs(60)).await;
+    let mut client = Client::connect(&server.address, None, Duration::from_secs(5)).await.unwrap();
+    let mut huge = router_shim::grpc::convert::forward_to_wire(&ssh());
+    huge.name = "x".repeat(router_shim::grpc::MAX_MESSAGE_BYTES + 1);
+    let request = proto::v1::AddPortForwardRequest { forward: Some(huge), replace: false };
+    let status = client.raw().add_port_forward(request).await.unwrap_err();
+    // tonic answers OUT_OF_RANGE for a message over the decoding limit.
+    assert!(matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{status:?}");
+    assert!(router.state.lock().unwrap().1.is_empty(), "nothing applied");
+    // The next, normal call is served.
+    client.raw().get_state(proto::v1::GetStateRequest {}).await.expect("still serving");
+    server.stop().await;
+}
+
 #[test]
 fn serve_binary_prints_readiness_and_answers_health() {
     let dir = tempfile::tempdir().unwrap();

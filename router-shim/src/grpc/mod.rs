@@ -119,6 +119,10 @@ impl RouterShim for Service {
     }
 }
 
+/// The largest request or answer the shim handles; its messages are a few hundred bytes, so anything near this
+/// is hostile and refused (OUT_OF_RANGE) before it is decoded.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
 /// Serves `RouterShim`, health and reflection on `listener` until `stop` is cancelled.
 ///
 /// # Errors
@@ -144,7 +148,11 @@ pub async fn serve(
     builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RouterShimServer::new(Service::new(shim)))
+        .add_service(
+            RouterShimServer::new(Service::new(shim))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
 }
