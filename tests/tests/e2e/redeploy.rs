@@ -514,3 +514,41 @@ fn locked_machines_and_machines_of_another_maas_user_are_refused_with_the_reason
     assert!(changes.is_empty(), "nothing was sent for refused machines: {changes:?}");
     Ok(())
 }
+
+/// SIGTERM in the middle of a redeploy: the coordinator waits for the running step and exits cleanly within its
+/// grace period, the record still shows the machine mid-way (a stop is not an end), and the next run finishes
+/// it without deploying it twice.
+#[test]
+fn sigterm_mid_redeploy_exits_cleanly_and_the_next_run_finishes_it() -> Result<()> {
+    let mut lab = Lab::start()?;
+    let started = lab.json(&["--output", "json", "redeploy", "server1"])?;
+    let id = started["id"].as_str().context("an operation id")?.to_string();
+    wait_until("server1's deploy to be sent", Duration::from_secs(60), || {
+        lab.operation(&id).ok().filter(|op| {
+            op["machines"][0]["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "deploy" && s["state"] == "succeeded"))
+        })
+    })?;
+    let status = lab.coordinator.as_mut().context("running")?.terminate(Duration::from_secs(15))?;
+    assert!(status.success(), "coordinator exited with {status} on SIGTERM");
+
+    let store = coordinator::operations::OperationsStore::open(&lab.state())?;
+    let stored = lab.runtime.block_on(store.get(&id))?.context("the operation is stored")?;
+    assert_eq!(stored.state, coordinator::operations::OpState::Running, "{stored:#?}");
+    let machine = &stored.machines[0];
+    assert!(!machine.state.is_final(), "a shutdown ends no machine: {machine:#?}");
+    assert!(
+        machine.steps.iter().all(|s| !matches!(s.state, coordinator::operations::OpState::Failed)),
+        "no step was failed by the shutdown: {machine:#?}"
+    );
+    drop(store);
+
+    lab.start_coordinator()?;
+    let op = lab.wait_finished(&id, Duration::from_secs(120))?;
+    assert_eq!(op["state"], "succeeded", "{op:#}");
+    check_agent_enrolled_with_token(&lab, &op["machines"][0], &lab.lab_dir().join("server1"))?;
+    check_verified(&op["machines"][0]);
+    assert_eq!(lab.deploys()?.values().sum::<usize>(), 1, "deployed once across the restart");
+    Ok(())
+}
