@@ -1,5 +1,6 @@
 //! Runs a plan's steps in order with progress, stopping at the first failure with what failed, why, and what is left.
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
@@ -123,19 +124,7 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
         }
         Op::ProveOnlyMaas { interface, maas_ip } => {
             let report = probe_on(interface, ctx.probe_window).await?;
-            let others: Vec<_> = report
-                .offers
-                .iter()
-                .filter(|o| maas_ip.as_deref() != Some(o.server_identifier.to_string().as_str()))
-                .cloned()
-                .collect();
-            if !others.is_empty() {
-                return Err(format!(
-                    "a DHCP server other than MAAS ({}) answers on {interface}: {}; stop it, then apply again",
-                    maas_ip.as_deref().unwrap_or("unknown"),
-                    describe_offers(&others)
-                ));
-            }
+            only_maas_answers(interface, &report.offers, maas_ip.as_slice())?;
         }
         Op::UpstreamDns(servers) => m.set_upstream_dns(servers).await.map_err(maas_reason)?,
         Op::Dnssec(value) => {
@@ -271,6 +260,35 @@ pub async fn probe_on(interface: &str, window: Duration) -> Result<probe::ProbeR
     probe::probe(&request).await.map_err(|e| format!("the DHCP probe on {interface} could not run: {e}"))
 }
 
+/// The offers from servers other than MAAS's own: an offer is MAAS's when its server identifier is one of
+/// `maas_ips` (the rack controller's addresses on the subnet). With no MAAS address known, every offer is another's.
+pub fn offers_not_from(offers: &[probe::DhcpOffer], maas_ips: &[String]) -> Vec<probe::DhcpOffer> {
+    let ours = |o: &probe::DhcpOffer| {
+        maas_ips.iter().any(|ip| {
+            let ip = ip.trim();
+            ip.parse::<Ipv4Addr>().map_or(ip == o.server_identifier.to_string(), |ip| ip == o.server_identifier)
+        })
+    };
+    offers.iter().filter(|o| !ours(o)).cloned().collect()
+}
+
+/// The rule applied after MAAS DHCP is switched on: no offer, or offers from MAAS's own servers only, is fine;
+/// any other server stops the apply.
+///
+/// # Errors
+/// Why the apply stops, naming every other server's identifier, source IP and MAC as evidence.
+pub fn only_maas_answers(interface: &str, offers: &[probe::DhcpOffer], maas_ips: &[String]) -> Result<(), String> {
+    let others = offers_not_from(offers, maas_ips);
+    if others.is_empty() {
+        return Ok(());
+    }
+    let maas = if maas_ips.is_empty() { "address unknown".to_string() } else { maas_ips.join(", ") };
+    Err(format!(
+        "a DHCP server other than MAAS ({maas}) answers on {interface}: {}; stop it, then apply again",
+        describe_offers(&others)
+    ))
+}
+
 /// The probe's evidence in one line.
 pub fn describe_offers(offers: &[probe::DhcpOffer]) -> String {
     offers
@@ -287,4 +305,71 @@ pub fn describe_offers(offers: &[probe::DhcpOffer]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(server: &str, mac: &str) -> probe::DhcpOffer {
+        let server: Ipv4Addr = server.parse().unwrap();
+        probe::DhcpOffer {
+            server_identifier: server,
+            source_ip: server,
+            source_mac: mac.to_string(),
+            offered_ip: Ipv4Addr::new(172, 16, 11, 1),
+            next_server: String::new(),
+            boot_file: String::new(),
+            xid: 0x1234,
+        }
+    }
+
+    fn check(offers: &[probe::DhcpOffer], maas_ips: &[&str], expected: Result<(), &[&str]>) {
+        let maas_ips: Vec<String> = maas_ips.iter().map(|s| s.to_string()).collect();
+        let got = only_maas_answers("lan0", offers, &maas_ips);
+        match (got, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(reason), Err(evidence)) => {
+                assert!(reason.contains("lan0") && reason.contains("apply again"), "{reason}");
+                for word in evidence {
+                    assert!(reason.contains(word), "{word:?} missing from {reason}");
+                }
+            }
+            (got, expected) => panic!("got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    const MAAS: &str = "172.16.0.3";
+    const MAAS_MAC: &str = "52:54:00:00:00:03";
+    const ROGUE_MAC: &str = "52:54:00:00:00:60";
+
+    #[test]
+    fn no_offers_is_ok() {
+        check(&[], &[MAAS], Ok(()));
+        check(&[], &[], Ok(()));
+    }
+
+    #[test]
+    fn only_maas_is_ok() {
+        check(&[offer(MAAS, MAAS_MAC)], &[MAAS], Ok(()));
+        check(&[offer(MAAS, MAAS_MAC)], &["10.0.0.9", " 172.16.0.3 "], Ok(()));
+    }
+
+    #[test]
+    fn maas_and_another_stops_naming_the_other() {
+        let offers = [offer(MAAS, MAAS_MAC), offer("172.16.0.60", ROGUE_MAC)];
+        check(&offers, &[MAAS], Err(&["172.16.0.60", ROGUE_MAC]));
+        let reason = only_maas_answers("lan0", &offers, &[MAAS.to_string()]).unwrap_err();
+        assert!(!reason.contains(MAAS_MAC), "MAAS's own offer is not evidence against it: {reason}");
+    }
+
+    #[test]
+    fn only_another_stops() {
+        check(&[offer("172.16.0.1", ROGUE_MAC)], &[MAAS], Err(&["172.16.0.1", ROGUE_MAC]));
+    }
+
+    #[test]
+    fn with_no_maas_address_known_every_offer_is_another() {
+        check(&[offer(MAAS, MAAS_MAC)], &[], Err(&[MAAS, "address unknown"]));
+    }
 }
