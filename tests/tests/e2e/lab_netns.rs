@@ -337,6 +337,25 @@ impl NetLab {
         Ok(output.status.success().then(|| stdout(&output).trim().to_string()))
     }
 
+    /// Deletes the nft rules of forward `name` behind the shim's back (a router reset, or a person).
+    fn delete_forward_rules(&self, name: &str) -> Result<()> {
+        let listed = self.ns.must("router", "nft", &["-j", "-a", "list", "table", "ip", "metalfleet"])?;
+        let table: Value = serde_json::from_str(&listed)?;
+        let comment = format!("metalfleet:fwd:{name}");
+        let mut deleted = 0;
+        for rule in table["nftables"].as_array().into_iter().flatten().map(|i| &i["rule"]) {
+            if rule["comment"] == comment.as_str() {
+                let (chain, handle) = (rule["chain"].as_str().unwrap_or_default(), rule["handle"].to_string());
+                self.ns.must("router", "nft", &["delete", "rule", "ip", "metalfleet", chain, "handle", &handle])?;
+                deleted += 1;
+            }
+        }
+        if deleted == 0 {
+            bail!("no rules of forward {name} found: {listed}");
+        }
+        Ok(())
+    }
+
     /// Starts a DHCP server the shim does not know, on the `rogue` host.
     fn start_rogue(&mut self) -> Result<String> {
         let d = self.dir.path().display().to_string();
@@ -587,17 +606,7 @@ fn netns_reconcile_reapplies_forward_and_reports_rogue_dhcp() -> Result<()> {
     assert!(lab.wan_connect(22)?.is_some());
 
     // The forward deleted behind the shim's back (a router reset, or a person).
-    let listed = lab.ns.must("router", "nft", &["-j", "-a", "list", "table", "ip", "metalfleet"])?;
-    let table: Value = serde_json::from_str(&listed)?;
-    let mut deleted = 0;
-    for rule in table["nftables"].as_array().into_iter().flatten().map(|i| &i["rule"]) {
-        if rule["comment"] == "metalfleet:fwd:ssh-main" {
-            let (chain, handle) = (rule["chain"].as_str().unwrap_or_default(), rule["handle"].to_string());
-            lab.ns.must("router", "nft", &["delete", "rule", "ip", "metalfleet", chain, "handle", &handle])?;
-            deleted += 1;
-        }
-    }
-    assert!(deleted > 0, "the forward's rules were found: {listed}");
+    lab.delete_forward_rules("ssh-main")?;
     assert!(!lab.rule_comments()?.iter().any(|c| c == "metalfleet:fwd:ssh-main"));
     wait_until("the forward to be re-applied", Duration::from_secs(30), || {
         lab.rule_comments().ok()?.iter().any(|c| c == "metalfleet:fwd:ssh-main").then_some(())
@@ -624,7 +633,34 @@ fn netns_reconcile_reapplies_forward_and_reports_rogue_dhcp() -> Result<()> {
         lab.events().ok()?.into_iter().find(|e| e["kind"] == "dhcp_foreign")
     })?;
     assert!(event["message"].as_str().unwrap_or_default().contains("172.16.0.60"), "{event}");
+
+    // Several more passes while both causes last (each re-application below is a later pass than the one
+    // before it): still exactly one event per cause, not one per pass.
+    for round in 2..=3 {
+        lab.delete_forward_rules("ssh-main")?;
+        wait_until("the forward to be re-applied again", Duration::from_secs(30), || {
+            let events = lab.events().ok()?;
+            (count(&events, "forward_reapplied") >= round).then_some(())
+        })?;
+    }
+    let events = lab.events()?;
+    assert_eq!(count(&events, "dhcp_rogue"), 1, "one dhcp_rogue over several passes: {events:?}");
+    assert_eq!(count(&events, "dhcp_foreign"), 1, "one dhcp_foreign over several passes: {events:?}");
+    assert_eq!(count(&events, "forward_restored"), 0, "a re-applied forward is not also restored: {events:?}");
+
+    // The causes gone: one event each saying so.
+    lab.rogue = None;
+    lab.sim_admin("POST", "external-dhcp", Some(&format!(r#"{{"vlan_id":{vlan_id},"ip":null}}"#)))?;
+    let events = wait_until("dhcp_rogue_gone and dhcp_foreign_gone events", Duration::from_secs(30), || {
+        let events = lab.events().ok()?;
+        (count(&events, "dhcp_rogue_gone") == 1 && count(&events, "dhcp_foreign_gone") == 1).then_some(events)
+    })?;
+    assert_eq!(count(&events, "dhcp_rogue"), 1, "{events:?}");
     Ok(())
+}
+
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["kind"] == kind).count()
 }
 
 #[test]
