@@ -430,29 +430,10 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::domain::maas::MaasDisk;
     use crate::domain::{BlockDevice, Health};
 
     fn maas_machine(sid: &str, hostname: &str, cpus: u32) -> MaasMachine {
-        MaasMachine {
-            system_id: sid.into(),
-            hostname: hostname.into(),
-            status: 6,
-            status_name: "Deployed".into(),
-            power_state: "on".into(),
-            owner: None,
-            ip_addresses: vec![],
-            tags: vec![],
-            zone: "default".into(),
-            pool: "default".into(),
-            cpu_count: cpus,
-            cpu_speed_mhz: 2000,
-            memory_mib: 16 * 1024,
-            storage_bytes: 500_000_000_000,
-            disks: vec![MaasDisk { name: "sda".into(), size_bytes: 500_000_000_000, ..Default::default() }],
-            interfaces: vec![],
-            updated_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
-        }
+        MaasMachine { cpu_count: cpus, ..MaasMachine::deployed_for_tests(sid, hostname) }
     }
 
     fn agent(id: &str, hostname: &str, sid: Option<&str>) -> Machine {

@@ -34,6 +34,33 @@ pub struct MaasMachine {
     pub updated_at: DateTime<Utc>,
 }
 
+#[cfg(test)]
+impl MaasMachine {
+    /// A deployed, powered machine (4 CPUs, 16 GiB, one 500 GB disk, no NICs) that tests adjust with `..`.
+    pub(crate) fn deployed_for_tests(system_id: &str, hostname: &str) -> Self {
+        use chrono::TimeZone;
+        MaasMachine {
+            system_id: system_id.into(),
+            hostname: hostname.into(),
+            status: 6,
+            status_name: "Deployed".into(),
+            power_state: "on".into(),
+            owner: None,
+            ip_addresses: vec![],
+            tags: vec![],
+            zone: "default".into(),
+            pool: "default".into(),
+            cpu_count: 4,
+            cpu_speed_mhz: 2000,
+            memory_mib: 16 * 1024,
+            storage_bytes: 500_000_000_000,
+            disks: vec![MaasDisk { name: "sda".into(), size_bytes: 500_000_000_000, ..Default::default() }],
+            interfaces: vec![],
+            updated_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+        }
+    }
+}
+
 impl MaasMachine {
     /// True when MAAS reports something different; `updated_at` is ours and does not count.
     pub fn same_as(&self, other: &MaasMachine) -> bool {

@@ -568,12 +568,10 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use chrono::TimeZone;
-
     use super::*;
     use crate::auth::Security;
     use crate::config::HealthThresholds;
-    use crate::domain::maas::{MaasDisk, MaasMachine};
+    use crate::domain::maas::MaasMachine;
     use crate::domain::{BlockDevice, Enrollment, Inventory};
     use crate::fleet::{Fleet, FleetSettings};
     use crate::operations::{Config, DeployContext, OperationsStore, RedeployRequest};
@@ -626,25 +624,7 @@ mod tests {
     }
 
     fn maas_machine(system_id: &str, hostname: &str) -> MaasMachine {
-        MaasMachine {
-            system_id: system_id.into(),
-            hostname: hostname.into(),
-            status: 6,
-            status_name: "Deployed".into(),
-            power_state: "on".into(),
-            owner: None,
-            ip_addresses: vec![],
-            tags: vec![],
-            zone: "default".into(),
-            pool: "default".into(),
-            cpu_count: 4,
-            cpu_speed_mhz: 2000,
-            memory_mib: 16 * 1024,
-            storage_bytes: 500_000_000_000,
-            disks: vec![MaasDisk { name: "sda".into(), size_bytes: 500_000_000_000, ..Default::default() }],
-            interfaces: vec![],
-            updated_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
-        }
+        MaasMachine::deployed_for_tests(system_id, hostname)
     }
 
     /// What a machine like [`maas_machine`] reports, with `disks` disks.

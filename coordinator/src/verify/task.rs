@@ -427,11 +427,9 @@ fn triggers_pass(kind: &str) -> bool {
 mod tests {
     use std::time::Duration;
 
-    use chrono::TimeZone;
-
     use super::*;
     use crate::config::HealthThresholds;
-    use crate::domain::maas::{MaasDisk, MaasInterface, MaasMachine};
+    use crate::domain::maas::{MaasInterface, MaasMachine};
     use crate::domain::{BlockDevice, Enrollment, Event, Inventory};
     use crate::fleet::FleetSettings;
     use crate::store::{MaasStore, SqliteStore, Store};
@@ -439,23 +437,8 @@ mod tests {
 
     fn maas_machine(sid: &str, hostname: &str, mac: &str) -> MaasMachine {
         MaasMachine {
-            system_id: sid.into(),
-            hostname: hostname.into(),
-            status: 6,
-            status_name: "Deployed".into(),
-            power_state: "on".into(),
-            owner: None,
-            ip_addresses: vec![],
-            tags: vec![],
-            zone: "default".into(),
-            pool: "default".into(),
-            cpu_count: 4,
-            cpu_speed_mhz: 2000,
-            memory_mib: 16 * 1024,
-            storage_bytes: 500_000_000_000,
-            disks: vec![MaasDisk { name: "sda".into(), size_bytes: 500_000_000_000, ..Default::default() }],
             interfaces: vec![MaasInterface { name: "eno1".into(), mac_address: mac.into(), link_speed_mbps: 0 }],
-            updated_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            ..MaasMachine::deployed_for_tests(sid, hostname)
         }
     }
 
