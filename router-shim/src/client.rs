@@ -25,25 +25,8 @@ pub enum ClientError {
     Invalid(#[from] InvalidInput),
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    #[error("DHCP is still answered on {interface} after the router's DHCP was switched off: {}; find and stop that server", describe(.offers))]
+    #[error("DHCP is still answered on {interface} after the router's DHCP was switched off: {}; find and stop that server", probe::describe_offers(.offers))]
     DhcpStillAnswered { interface: String, offers: Vec<DhcpOffer> },
-}
-
-fn describe(offers: &[DhcpOffer]) -> String {
-    offers
-        .iter()
-        .map(|o| {
-            format!(
-                "server {} (from {} mac {}) offered {} xid {:#010x}",
-                o.server_identifier,
-                o.source_ip,
-                if o.source_mac.is_empty() { "unknown" } else { &o.source_mac },
-                o.offered_ip,
-                o.xid
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// A change the shim applied, as the client sees it.

@@ -60,6 +60,24 @@ pub struct DhcpOffer {
     pub xid: u32,
 }
 
+/// The probe's evidence in one line, as errors and reports quote it.
+pub fn describe_offers(offers: &[DhcpOffer]) -> String {
+    offers
+        .iter()
+        .map(|o| {
+            format!(
+                "server {} (from {} mac {}) offered {} xid {:#010x}",
+                o.server_identifier,
+                o.source_ip,
+                if o.source_mac.is_empty() { "unknown" } else { &o.source_mac },
+                o.offered_ip,
+                o.xid
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Everything one probe saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbeReport {

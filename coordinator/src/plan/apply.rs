@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
 use router_shim::client::Client as ShimClient;
+pub use router_shim::probe::describe_offers;
 use router_shim::probe::{self, ProbeRequest};
 use tokio::sync::mpsc;
 
@@ -287,24 +288,6 @@ pub fn only_maas_answers(interface: &str, offers: &[probe::DhcpOffer], maas_ips:
         "a DHCP server other than MAAS ({maas}) answers on {interface}: {}; stop it, then apply again",
         describe_offers(&others)
     ))
-}
-
-/// The probe's evidence in one line.
-pub fn describe_offers(offers: &[probe::DhcpOffer]) -> String {
-    offers
-        .iter()
-        .map(|o| {
-            format!(
-                "server {} (from {} mac {}) offered {} xid {:#010x}",
-                o.server_identifier,
-                o.source_ip,
-                if o.source_mac.is_empty() { "unknown" } else { &o.source_mac },
-                o.offered_ip,
-                o.xid
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]
