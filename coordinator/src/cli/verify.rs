@@ -91,17 +91,7 @@ fn human(unit: Unit, observed: &Option<Observed>) -> String {
     o.numbers.iter().map(|n| one(*n)).collect::<Vec<_>>().join(", ")
 }
 
-/// Bytes in binary units with one decimal: `15.6 GiB`.
-pub fn format_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
+pub use crate::spec::format_size as format_bytes;
 
 /// `fleetctl verify` as a table: one line per field, the verdict and the reason last.
 pub fn table(reports: &[MachineReport]) -> String {

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{DiskKind, SpecProfile};
+use crate::spec::{DiskKind, SpecProfile, format_size};
 
 /// Disk sizes agree when they differ by at most this share of the larger one.
 pub const DISK_SIZE_PERCENT: f64 = 1.0;
@@ -212,13 +212,15 @@ pub fn check(
     // Memory: at least the minimum (less the OS's share), and no DIMM gone since commissioning.
     let mut field = Field::new("memory", Unit::Bytes, commissioned, live, |s| Observed::one(s.memory_bytes));
     if let Some(min) = profile.min_memory {
-        field.expect(format!(">= {min} bytes"), Some(min));
+        field.expect(format!(">= {}", format_size(min)), Some(min));
         let floor = min.saturating_sub(tolerances.memory_slack(min));
         for (source, specs) in field.sources(commissioned, live) {
             if specs.memory_bytes < floor {
                 field.fail(format!(
-                    "{source} has {} bytes of memory, below the profile's {min} less the tolerance ({floor})",
-                    specs.memory_bytes
+                    "{source} has {} of memory, below the profile's {} less the tolerance ({})",
+                    format_size(specs.memory_bytes),
+                    format_size(min),
+                    format_size(floor)
                 ));
             }
         }
@@ -227,8 +229,10 @@ pub fn check(
         let slack = tolerances.memory_slack(c.memory_bytes);
         if l.memory_bytes.abs_diff(c.memory_bytes) > slack {
             field.drift(format!(
-                "live has {} bytes of memory, commissioned {} (tolerance {slack})",
-                l.memory_bytes, c.memory_bytes
+                "live has {} of memory, commissioned {} (tolerance {})",
+                format_size(l.memory_bytes),
+                format_size(c.memory_bytes),
+                format_size(slack)
             ));
         }
     }
@@ -264,7 +268,7 @@ pub fn check(
             .disks
             .iter()
             .map(|d| {
-                let size = d.min_size.map(|s| format!(" of >= {s} bytes")).unwrap_or_default();
+                let size = d.min_size.map(|s| format!(" of >= {}", format_size(s))).unwrap_or_default();
                 let kind = match d.kind {
                     DiskKind::Any => "",
                     DiskKind::Ssd => " ssd",
@@ -289,7 +293,11 @@ pub fn check(
             let pairs = sorted_sizes(&c.disks).into_iter().zip(sorted_sizes(&l.disks));
             for (was, now) in pairs {
                 if !same_size(was, now) {
-                    sizes.drift(format!("a disk of {was} bytes at commissioning is {now} bytes live"));
+                    sizes.drift(format!(
+                        "a disk of {} ({was} bytes) at commissioning is {} ({now} bytes) live",
+                        format_size(was),
+                        format_size(now)
+                    ));
                     break;
                 }
             }
@@ -391,7 +399,7 @@ fn unmet_disks(profile: &SpecProfile, disks: &[Disk]) -> Option<String> {
                     free.remove(index);
                 }
                 None => {
-                    let size = requirement.min_size.map(|s| format!(" of >= {s} bytes")).unwrap_or_default();
+                    let size = requirement.min_size.map(|s| format!(" of >= {}", format_size(s))).unwrap_or_default();
                     missing.push(format!("a {:?} disk{size}", requirement.kind).to_lowercase());
                 }
             }
