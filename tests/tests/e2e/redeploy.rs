@@ -45,7 +45,8 @@ deployed)
   COORD=$(sed -n 's/^coordinator = "\(.*\)"$/\1/p' "$ETC/agent.toml")
   URL=$(sed -n 's/.*"\(https:[^"]*\/agent\)".*/\1/p' "$MAAS_SIM_USER_DATA" | head -n 1)
   SUM=$(sed -n 's/.*echo "\([0-9a-f]\{64\}\)  .*/\1/p' "$MAAS_SIM_USER_DATA" | head -n 1)
-  curl --fail --silent --show-error --cacert "$ETC/ca.pem" -o "$D/agent" "$URL"
+  # Like the real user data: retry while the coordinator is restarting (a deploy can finish during its restart).
+  curl --fail --silent --show-error --retry 30 --retry-connrefused --retry-delay 1 --cacert "$ETC/ca.pem" -o "$D/agent" "$URL"
   echo "$SUM  $D/agent" | sha256sum -c - >/dev/null
   chmod 755 "$D/agent"
   echo "$MAAS_SIM_DISTRO_SERIES" > "$D/distro"
