@@ -3,7 +3,6 @@
 //! Run with `cargo run -p coordinator --example maas_list_1000` (add `-- 5000` for another fleet size).
 //! It prints one line per measured call and a summary; nothing here is a test.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use coordinator::maas::{self, ApiKey, Client, MachineFilter};
@@ -13,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let count: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
     let mut config = maas_sim::Config::for_tests();
     config.enlisted = true;
-    config.machines = (0..count).map(spec).collect();
+    config.machines = (0..count).map(maas_sim::MachineSpec::generated).collect();
     let sim = maas_sim::start(config).await?;
 
     let cfg = maas::Config::new(url::Url::parse(&sim.base_url())?, "/unused".into());
@@ -60,26 +59,4 @@ async fn main() -> anyhow::Result<()> {
     );
     sim.shutdown().await;
     Ok(())
-}
-
-fn spec(i: usize) -> maas_sim::MachineSpec {
-    let mac = format!("52:54:01:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-    maas_sim::MachineSpec {
-        hostname: format!("node{i:05}"),
-        mac_addresses: vec![mac.clone()],
-        architecture: "amd64/generic".into(),
-        power_type: "manual".into(),
-        power_parameters: BTreeMap::new(),
-        cpu_count: 8,
-        cpu_speed_mhz: 2400,
-        memory_mib: 32 * 1024,
-        block_devices: vec![maas_sim::BlockDeviceSpec {
-            name: "sda".into(),
-            size_bytes: 480_103_981_056,
-            model: "SAMSUNG MZ7LH480".into(),
-            serial: format!("S45NNE0M{i:06}"),
-        }],
-        interfaces: vec![maas_sim::InterfaceSpec { name: "eno1".into(), mac, link_speed_mbps: 10_000 }],
-        tags: Vec::new(),
-    }
 }

@@ -6,7 +6,6 @@
 //! per minute at the default interval (calls per poll times two polls a minute). Then it times single polls of the large fleet (list + store
 //! update): the first one (every machine new) and steady ones (nothing changed). Nothing here is a test.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,33 +99,11 @@ fn ms(d: Duration) -> f64 {
 async fn start_sim(count: usize) -> anyhow::Result<maas_sim::Handle> {
     let mut config = maas_sim::Config::for_tests();
     config.enlisted = true;
-    config.machines = (0..count).map(spec).collect();
+    config.machines = (0..count).map(maas_sim::MachineSpec::generated).collect();
     maas_sim::start(config).await
 }
 
 fn client(sim: &maas_sim::Handle) -> anyhow::Result<Client> {
     let cfg = maas::Config::new(url::Url::parse(&sim.base_url())?, "/unused".into());
     Ok(Client::with_key(&cfg, ApiKey::parse(&sim.api_key()).map_err(anyhow::Error::msg)?)?)
-}
-
-fn spec(i: usize) -> maas_sim::MachineSpec {
-    let mac = format!("52:54:01:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-    maas_sim::MachineSpec {
-        hostname: format!("node{i:05}"),
-        mac_addresses: vec![mac.clone()],
-        architecture: "amd64/generic".into(),
-        power_type: "manual".into(),
-        power_parameters: BTreeMap::new(),
-        cpu_count: 8,
-        cpu_speed_mhz: 2400,
-        memory_mib: 32 * 1024,
-        block_devices: vec![maas_sim::BlockDeviceSpec {
-            name: "sda".into(),
-            size_bytes: 480_103_981_056,
-            model: "SAMSUNG MZ7LH480".into(),
-            serial: format!("S45NNE0M{i:06}"),
-        }],
-        interfaces: vec![maas_sim::InterfaceSpec { name: "eno1".into(), mac, link_speed_mbps: 10_000 }],
-        tags: Vec::new(),
-    }
 }

@@ -104,6 +104,32 @@ pub struct MachineSpec {
     pub tags: Vec<String>,
 }
 
+impl MachineSpec {
+    /// Machine number `i` of a large generated fleet (`node00042`, a unique MAC, 8 CPUs, 32 GiB, one SSD), for
+    /// benchmarks and load runs that need many machines rather than the reference lab's four.
+    pub fn generated(i: usize) -> Self {
+        let mac = format!("52:54:01:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        MachineSpec {
+            hostname: format!("node{i:05}"),
+            mac_addresses: vec![mac.clone()],
+            architecture: "amd64/generic".into(),
+            power_type: "manual".into(),
+            power_parameters: BTreeMap::new(),
+            cpu_count: 8,
+            cpu_speed_mhz: 2400,
+            memory_mib: 32 * 1024,
+            block_devices: vec![BlockDeviceSpec {
+                name: "sda".into(),
+                size_bytes: 480_103_981_056,
+                model: "SAMSUNG MZ7LH480".into(),
+                serial: format!("S45NNE0M{i:06}"),
+            }],
+            interfaces: vec![InterfaceSpec { name: "eno1".into(), mac, link_speed_mbps: 10_000 }],
+            tags: Vec::new(),
+        }
+    }
+}
+
 fn default_architecture() -> String {
     "amd64/generic".to_owned()
 }
