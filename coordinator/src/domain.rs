@@ -102,6 +102,10 @@ pub struct MachineView {
 /// One health sample taken by an agent.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Sample {
+    /// The agent's sequence number (acknowledgements name it; the store skips one it already holds);
+    /// 0 from agents that predate it.
+    #[serde(default)]
+    pub seq: u64,
     pub taken_at: Option<DateTime<Utc>>,
     pub cpu_percent: f64,
     pub load1: f64,
@@ -253,6 +257,14 @@ pub mod kinds {
     pub const MAAS_UNREACHABLE: &str = "maas_unreachable";
     /// A poll succeeded after failures.
     pub const MAAS_REACHABLE: &str = "maas_reachable";
+    /// An agent sent samples with values out of range (at the first refusal, then at most every 10 minutes).
+    pub const SAMPLES_REFUSED: &str = "samples_refused";
+    /// An agent's clock runs ahead of the coordinator's beyond the tolerance.
+    pub const CLOCK_SKEW: &str = "clock_skew";
+    /// The store cannot write: the coordinator is degraded and acknowledges no samples.
+    pub const STORE_DEGRADED: &str = "store_degraded";
+    /// The store writes again.
+    pub const STORE_RECOVERED: &str = "store_recovered";
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HealthThresholds;
 use crate::domain::{Enrollment, Event, Health, Inventory, Machine, MachineView, NewEvent, Sample, kinds};
 use crate::health;
-use crate::store::{SampleWrite, Store, StoreError};
+use crate::store::{SampleWrite, Store, StoreError, Takeover};
 
 /// Heartbeats written per transaction at most.
 const MAX_BATCH: usize = 1024;
@@ -31,6 +31,26 @@ const MIN_INTERVAL_MS: u32 = 100;
 const MAX_INTERVAL_MS: u32 = 3_600_000;
 /// Live events buffered per WatchEvents subscriber before it must catch up from the store.
 const EVENT_BROADCAST: usize = 1024;
+/// A failed commit is tried again after this, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often an idle writer checks that the store's file is still there.
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A machine whose samples are refused gets an event at most this often (the first refusal at once).
+const REFUSAL_EVENT_EVERY: Duration = Duration::from_secs(600);
+/// A machine whose clock runs ahead gets an event at most this often.
+const SKEW_EVENT_EVERY: Duration = Duration::from_secs(3600);
+
+/// Where a heartbeat's acknowledgement goes once its samples are committed: the highest `seq` stored.
+/// One per heartbeat stream; the writer only ever raises it.
+pub type AckSink = Arc<watch::Sender<u64>>;
+
+/// The coordinator's own condition, as operators see it (`fleetctl status`, the gRPC health service).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CoordinatorStatus {
+    /// Since when the store cannot write, with why; `None` when it writes.
+    pub degraded: Option<(DateTime<Utc>, String)>,
+}
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +89,10 @@ pub struct Heartbeat {
 struct Live {
     machine: Machine,
     latest: Option<Sample>,
+    /// Samples of this machine refused since the coordinator started, and when that was last an event.
+    refused: u64,
+    refusal_event_at: Option<Instant>,
+    skew_event_at: Option<Instant>,
     /// Where the silence clock starts: the last heartbeat, or the coordinator's start for
     /// machines it has not heard from since, so a restart does not mark everyone unreachable.
     silent_since: Instant,
@@ -93,12 +117,17 @@ pub struct Fleet {
     sample_budget: Arc<Semaphore>,
     /// Signalled when a stored inventory changed, so verification runs again (`crate::verify::task`).
     inventory_changed: Notify,
+    /// Whether the store writes; the writer sets it, the server mirrors it into the health service.
+    status: watch::Sender<CoordinatorStatus>,
 }
 
 /// A heartbeat waiting for the writer, holding its share of the sample budget.
 struct Queued {
     write: SampleWrite,
     permit: Option<OwnedSemaphorePermit>,
+    /// Raised to `ack_seq` once the write committed.
+    ack: Option<AckSink>,
+    ack_seq: u64,
 }
 
 /// The fleet's background tasks; await [`FleetTasks::join`] after cancelling to flush the queues.
@@ -132,7 +161,7 @@ impl Fleet {
         let mut machines = HashMap::new();
         for machine in store.machines().await? {
             let latest = store.latest_sample(&machine.id).await?;
-            machines.insert(machine.id.clone(), Live { machine, latest, silent_since: now });
+            machines.insert(machine.id.clone(), Live::new(machine, latest, now));
         }
         let (writes, queue) = mpsc::channel(settings.write_queue);
         let sample_budget = Arc::new(Semaphore::new(settings.write_queue * SAMPLES_PER_QUEUE_SLOT));
@@ -147,9 +176,10 @@ impl Fleet {
             writes,
             sample_budget,
             inventory_changed: Notify::new(),
+            status: watch::Sender::new(CoordinatorStatus::default()),
         });
         let handles = vec![
-            tokio::spawn(writer_task(fleet.store.clone(), queue, stop.clone())),
+            tokio::spawn(writer_task(fleet.clone(), queue, stop.clone())),
             tokio::spawn(event_task(fleet.clone(), stop.clone())),
             tokio::spawn(evaluator_task(fleet.clone(), stop)),
         ];
@@ -170,30 +200,41 @@ impl Fleet {
     }
 
     /// Creates or finds the machine of `enrollment.agent_id` and returns it with its interval.
+    /// `takeover` names the MAAS machine a redeploy token was bound to (see [`Store::enroll`]).
     ///
     /// # Errors
-    /// The store failed.
-    pub async fn enroll(&self, enrollment: Enrollment) -> Result<Machine, FleetError> {
+    /// The hostname belongs to another machine, or the store failed.
+    pub async fn enroll(&self, enrollment: Enrollment, takeover: Takeover) -> Result<Machine, FleetError> {
         let interval_ms = u32::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
         let now = Utc::now();
-        let enrolled = self.store.enroll(enrollment, interval_ms, now).await?;
+        let enrolled = self.store.enroll(enrollment, interval_ms, now, takeover).await?;
         let machine = enrolled.machine;
         let mut machines = self.lock();
-        let live = machines.entry(machine.id.clone()).or_insert_with(|| Live {
-            machine: machine.clone(),
-            latest: None,
-            silent_since: Instant::now(),
-        });
+        let live =
+            machines.entry(machine.id.clone()).or_insert_with(|| Live::new(machine.clone(), None, Instant::now()));
+        if enrolled.replaced_agent.is_some() {
+            // A new agent on this machine: what the old one said is no longer the machine's state.
+            *live = Live::new(machine.clone(), None, Instant::now());
+        }
         live.machine.hostname = machine.hostname.clone();
         live.machine.mac_addresses = machine.mac_addresses.clone();
         live.machine.agent_version = machine.agent_version.clone();
         live.machine.heartbeat_interval_ms = interval_ms;
         live.silent_since = Instant::now();
-        let message = if enrolled.created {
-            format!("{} enrolled (agent {})", machine.hostname, machine.agent_id)
-        } else {
-            format!("{} enrolled again (agent {})", machine.hostname, machine.agent_id)
+        let mut message = match (&enrolled.replaced_agent, enrolled.created) {
+            (Some(old), _) => format!(
+                "{} enrolled with a new agent {} in place of {old} (redeploy token)",
+                machine.hostname, machine.agent_id
+            ),
+            (None, true) => format!("{} enrolled (agent {})", machine.hostname, machine.agent_id),
+            (None, false) => format!("{} enrolled again (agent {})", machine.hostname, machine.agent_id),
         };
+        if let Some(reported) = &enrolled.ignored_hostname {
+            message.push_str(&format!(
+                "; it reported the hostname {reported:?}, but an agent never renames its machine (redeploy to change it)"
+            ));
+            tracing::warn!(machine_id = %machine.id, hostname = %machine.hostname, reported = %reported, "an enrolled agent reported another hostname; kept the machine's");
+        }
         let event = NewEvent {
             at: now,
             machine_id: machine.id.clone(),
@@ -240,15 +281,20 @@ impl Fleet {
         }
     }
 
-    /// Records a heartbeat: liveness now, the samples, and the health they imply.
+    /// Records a heartbeat: liveness now, the samples, and the health they imply. Once the samples are
+    /// committed, `ack` is raised to the highest `seq` among them (never before: an acknowledged
+    /// sample survives a crash right after).
     ///
-    /// Waits while the write queue is full: that is the backpressure an agent's stream feels.
+    /// Waits while the write queue is full: that is the backpressure an agent's stream feels. While the
+    /// store cannot write, it does not wait: liveness and health still follow the agent, and samples
+    /// that find no room are simply not acknowledged (the agent keeps them and sends them again).
     ///
     /// # Errors
     /// [`FleetError::NotEnrolled`] for an unknown machine; [`FleetError::ShuttingDown`] once the
     /// writer has stopped.
-    pub async fn heartbeat(&self, mut heartbeat: Heartbeat) -> Result<(), FleetError> {
+    pub async fn heartbeat(&self, mut heartbeat: Heartbeat, ack: Option<AckSink>) -> Result<(), FleetError> {
         let received_at = Utc::now();
+        let ack_seq = heartbeat.samples.iter().map(|s| s.seq).max().unwrap_or(0);
         // Older samples than the history keeps would be pruned at once; do not queue them.
         let keep = self.settings.history_samples.max(1) as usize;
         if heartbeat.samples.len() > keep {
@@ -282,13 +328,126 @@ impl Fleet {
         }
         let write =
             SampleWrite { machine_id: heartbeat.machine_id, samples: heartbeat.samples, received_at, interval_ms };
-        let budget = self.sample_budget.clone();
         let wanted = write.samples.len().min(self.settings.write_queue * SAMPLES_PER_QUEUE_SLOT);
+        let ack = if ack_seq > 0 { ack } else { None };
+        if self.status.borrow().degraded.is_some() {
+            // No waiting on a store that cannot write: what finds no room stays unacknowledged.
+            let permit = match wanted {
+                0 => None,
+                n => match self.sample_budget.clone().try_acquire_many_owned(n as u32) {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return Ok(()),
+                },
+            };
+            return match self.writes.try_send(Queued { write, permit, ack, ack_seq }) {
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(FleetError::ShuttingDown),
+                _ => Ok(()),
+            };
+        }
         let permit = match wanted {
             0 => None,
-            n => Some(budget.acquire_many_owned(n as u32).await.map_err(|_| FleetError::ShuttingDown)?),
+            n => Some(
+                self.sample_budget.clone().acquire_many_owned(n as u32).await.map_err(|_| FleetError::ShuttingDown)?,
+            ),
         };
-        self.writes.send(Queued { write, permit }).await.map_err(|_| FleetError::ShuttingDown)
+        self.writes.send(Queued { write, permit, ack, ack_seq }).await.map_err(|_| FleetError::ShuttingDown)
+    }
+
+    /// Notes samples refused at the edge (see `grpc::convert::agent`): counted per machine, an event at
+    /// the first refusal and then at most every ten minutes, so a repeat offender is visible without
+    /// flooding the event log. A clock running ahead is its own finding.
+    pub fn note_refusals(&self, machine_id: &str, refused: &[(u64, String)], clock_ahead: Option<chrono::Duration>) {
+        if refused.is_empty() && clock_ahead.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut machines = self.lock();
+        let Some(live) = machines.get_mut(machine_id) else { return };
+        let due = |last: Option<Instant>, every: Duration| last.is_none_or(|at| now.duration_since(at) >= every);
+        if !refused.is_empty() {
+            live.refused += refused.len() as u64;
+            tracing::warn!(%machine_id, hostname = %live.machine.hostname, refused = refused.len(), first = %refused[0].1, "samples refused");
+            if due(live.refusal_event_at, REFUSAL_EVENT_EVERY) {
+                live.refusal_event_at = Some(now);
+                let message = format!(
+                    "{}: {} sample(s) refused ({} since the coordinator started), e.g. seq {}: {}",
+                    live.machine.hostname,
+                    refused.len(),
+                    live.refused,
+                    refused[0].0,
+                    refused[0].1
+                );
+                let event = machine_event(&live.machine, kinds::SAMPLES_REFUSED, message);
+                self.queue(Pending { event, health: None });
+            }
+        }
+        if let Some(ahead) = clock_ahead
+            && due(live.skew_event_at, SKEW_EVENT_EVERY)
+        {
+            live.skew_event_at = Some(now);
+            let message = format!(
+                "{}'s clock is {} ahead of the coordinator's; its samples from the future are refused: fix its time sync (NTP)",
+                live.machine.hostname,
+                humantime::format_duration(Duration::from_secs(ahead.num_seconds().max(0) as u64))
+            );
+            let event = machine_event(&live.machine, kinds::CLOCK_SKEW, message);
+            self.queue(Pending { event, health: None });
+        }
+    }
+
+    /// The coordinator's own condition (degraded while the store cannot write).
+    pub fn status(&self) -> CoordinatorStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Follows [`Fleet::status`] (the server mirrors it into the gRPC health service).
+    pub fn watch_status(&self) -> watch::Receiver<CoordinatorStatus> {
+        self.status.subscribe()
+    }
+
+    /// The writer's verdict on the store after a commit or a check: degraded with why, or writing.
+    fn set_store_result(&self, result: Result<(), &StoreError>) {
+        let now = Utc::now();
+        let changed = self.status.send_if_modified(|status| match (result, &status.degraded) {
+            (Err(error), None) => {
+                status.degraded = Some((now, error.to_string()));
+                true
+            }
+            (Ok(()), Some(_)) => {
+                status.degraded = None;
+                true
+            }
+            _ => false,
+        });
+        if !changed {
+            return;
+        }
+        let (kind, message) = match result {
+            Err(error) => {
+                tracing::error!(%error, "the store cannot write: the coordinator is degraded; samples are no longer acknowledged and agents keep them");
+                (
+                    kinds::STORE_DEGRADED,
+                    format!("the store cannot write, so samples are not acknowledged (agents keep them): {error}"),
+                )
+            }
+            Ok(()) => {
+                tracing::info!("the store writes again; acknowledging samples");
+                (
+                    kinds::STORE_RECOVERED,
+                    "the store writes again; agents' buffered samples are being stored".to_string(),
+                )
+            }
+        };
+        let event = NewEvent {
+            at: now,
+            machine_id: String::new(),
+            hostname: String::new(),
+            kind: kind.to_string(),
+            message,
+            from_health: None,
+            to_health: None,
+        };
+        self.queue(Pending { event, health: None });
     }
 
     /// Notes that the agent was told to sample at `interval_ms`. Only lengthens the interval used
@@ -394,27 +553,59 @@ impl Fleet {
 
     /// Persists queued health changes and events in the order they were decided, and
     /// broadcasts the events. A change without a kind only updates the stored reasons.
-    async fn flush_pending(&self) {
+    /// Returns false when the store failed: what is left stays queued, in order, for the next try.
+    async fn flush_pending(&self) -> bool {
         loop {
             let next = self.pending.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
-            let Some(Pending { event, health }) = next else { return };
-            if let Some((health, reasons)) = health
-                && let Err(error) = self.store.set_health(&event.machine_id, health, reasons).await
-            {
-                tracing::warn!(%error, machine_id = %event.machine_id, "storing a health change failed");
+            let Some(Pending { event, health }) = next else { return true };
+            if let Some((health_now, reasons)) = &health {
+                match self.store.set_health(&event.machine_id, *health_now, reasons.clone()).await {
+                    Ok(()) | Err(StoreError::NoSuchMachine(_)) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, machine_id = %event.machine_id, "storing a health change failed; will retry");
+                        self.requeue_front(Pending { event, health });
+                        return false;
+                    }
+                }
             }
             if event.kind.is_empty() {
                 continue;
             }
-            match self.store.append_event(event).await {
+            match self.store.append_event(event.clone()).await {
                 Ok(event) => {
                     tracing::info!(machine_id = %event.machine_id, kind = %event.kind, "{}", event.message);
                     // No subscribers is fine: the event is stored.
                     let _ = self.events.send(event);
                 }
-                Err(error) => tracing::warn!(%error, "storing an event failed"),
+                Err(error) => {
+                    tracing::warn!(%error, kind = %event.kind, "storing an event failed; will retry");
+                    self.requeue_front(Pending { event, health: None });
+                    return false;
+                }
             }
         }
+    }
+
+    fn requeue_front(&self, pending: Pending) {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).push_front(pending);
+    }
+}
+
+impl Live {
+    fn new(machine: Machine, latest: Option<Sample>, silent_since: Instant) -> Self {
+        Live { machine, latest, refused: 0, refusal_event_at: None, skew_event_at: None, silent_since }
+    }
+}
+
+fn machine_event(machine: &Machine, kind: &str, message: String) -> NewEvent {
+    NewEvent {
+        at: Utc::now(),
+        machine_id: machine.id.clone(),
+        hostname: machine.hostname.clone(),
+        kind: kind.to_string(),
+        message,
+        from_health: None,
+        to_health: None,
     }
 }
 
@@ -453,13 +644,22 @@ fn transition(live: &mut Live, health: Health, reasons: Vec<String>, at: DateTim
     Some(Pending { event, health: record })
 }
 
-async fn writer_task(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Queued>, stop: CancellationToken) {
+async fn writer_task(fleet: Arc<Fleet>, mut queue: mpsc::Receiver<Queued>, stop: CancellationToken) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut check = tokio::time::interval(STORE_CHECK_EVERY);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             biased;
             received = queue.recv() => received,
             _ = stop.cancelled() => None,
+            _ = check.tick() => {
+                // An idle writer still notices a store file deleted under it, at once.
+                if let Err(error) = fleet.store.check() {
+                    fleet.set_store_result(Err(&error));
+                }
+                continue;
+            }
         };
         let Some(first) = first else { break };
         batch.push(first);
@@ -469,38 +669,73 @@ async fn writer_task(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Queued>, s
                 Err(_) => break,
             }
         }
-        commit(store.as_ref(), &mut batch).await;
+        commit_until_stored(&fleet, &mut batch, &stop).await;
     }
-    // Drain what was accepted before the stop, so no acknowledged heartbeat is lost.
+    // Drain what was accepted before the stop, so no acknowledged heartbeat is lost. A store that
+    // cannot write gets one try: what fails was never acknowledged, and the agents send it again.
     queue.close();
     while let Some(queued) = queue.recv().await {
         batch.push(queued);
         if batch.len() >= MAX_BATCH {
-            commit(store.as_ref(), &mut batch).await;
+            commit(&fleet, &mut batch).await;
+            batch.clear();
         }
     }
-    commit(store.as_ref(), &mut batch).await;
+    commit(&fleet, &mut batch).await;
     tracing::debug!("heartbeat writer stopped");
 }
 
-/// Writes `batch` in one transaction, then releases its share of the sample budget.
-async fn commit(store: &dyn Store, batch: &mut Vec<Queued>) {
+/// Commits `batch`, and while the store fails keeps it and tries again with a growing pause (the
+/// coordinator is degraded meanwhile), until it is stored or the coordinator stops.
+async fn commit_until_stored(fleet: &Fleet, batch: &mut Vec<Queued>, stop: &CancellationToken) {
+    let mut pause = RETRY_FIRST;
+    while !commit(fleet, batch).await {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+    batch.clear();
+}
+
+/// Writes `batch` in one transaction; once committed, acknowledges it and releases its share of the
+/// sample budget. Returns false (the batch kept) when the store failed.
+async fn commit(fleet: &Fleet, batch: &mut [Queued]) -> bool {
     if batch.is_empty() {
-        return;
+        return true;
     }
-    let (writes, permits): (Vec<SampleWrite>, Vec<_>) = batch.drain(..).map(|q| (q.write, q.permit)).unzip();
+    let writes: Vec<SampleWrite> = batch.iter().map(|q| q.write.clone()).collect();
     let count = writes.len();
-    if let Err(error) = store.record_samples(writes).await {
-        tracing::warn!(%error, heartbeats = count, "writing heartbeats failed; these samples are lost");
+    let result = fleet.store.record_samples(writes).await;
+    fleet.set_store_result(result.as_ref().map(|_| ()));
+    if let Err(error) = result {
+        tracing::warn!(%error, heartbeats = count, "writing heartbeats failed; they stay unacknowledged and are retried");
+        return false;
     }
-    drop(permits);
+    for queued in batch.iter_mut() {
+        if let Some(ack) = queued.ack.take() {
+            let seq = queued.ack_seq;
+            ack.send_if_modified(|stored| {
+                let raise = seq > *stored;
+                if raise {
+                    *stored = seq;
+                }
+                raise
+            });
+        }
+        queued.permit.take();
+    }
+    true
 }
 
 async fn event_task(fleet: Arc<Fleet>, stop: CancellationToken) {
     loop {
-        fleet.flush_pending().await;
+        let flushed = fleet.flush_pending().await;
         tokio::select! {
             _ = fleet.pending_ready.notified() => {}
+            // Events that could not be stored are tried again: they are stored once the store writes.
+            _ = tokio::time::sleep(RETRY_MAX), if !flushed => {}
             _ = stop.cancelled() => break,
         }
     }
@@ -576,10 +811,10 @@ mod tests {
         let stop = CancellationToken::new();
         let (fleet, tasks) = Fleet::start(store, settings(), stop.clone()).await.unwrap();
         let mut events = fleet.subscribe();
-        let id = fleet.enroll(enrollment("a")).await.unwrap().id;
+        let id = fleet.enroll(enrollment("a"), Takeover::default()).await.unwrap().id;
         let heartbeat =
             Heartbeat { machine_id: id.clone(), samples: vec![sample(50)], interval_ms: 2000, dropped_samples: 0 };
-        fleet.heartbeat(heartbeat).await.unwrap();
+        fleet.heartbeat(heartbeat, None).await.unwrap();
         let healthy = next_health_change(&mut events).await;
         assert_eq!((healthy.from_health, healthy.to_health), (Some(Health::Unknown), Some(Health::Healthy)));
 
@@ -593,7 +828,7 @@ mod tests {
         assert!(unreachable.message.contains("no heartbeat for 6.0s"), "{}", unreachable.message);
 
         let heartbeat = Heartbeat { machine_id: id.clone(), samples: vec![], interval_ms: 2000, dropped_samples: 0 };
-        fleet.heartbeat(heartbeat).await.unwrap();
+        fleet.heartbeat(heartbeat, None).await.unwrap();
         let back = next_health_change(&mut events).await;
         assert_eq!((back.from_health, back.to_health), (Some(Health::Unreachable), Some(Health::Healthy)));
         stop.cancel();
@@ -607,7 +842,7 @@ mod tests {
         let stop = CancellationToken::new();
         let (fleet, tasks) = Fleet::start(store.clone(), settings(), stop.clone()).await.unwrap();
         let mut events = fleet.subscribe();
-        let id = fleet.enroll(enrollment("a")).await.unwrap().id;
+        let id = fleet.enroll(enrollment("a"), Takeover::default()).await.unwrap().id;
         for available in [50, 5, 50] {
             let heartbeat = Heartbeat {
                 machine_id: id.clone(),
@@ -615,7 +850,7 @@ mod tests {
                 interval_ms: 0,
                 dropped_samples: 0,
             };
-            fleet.heartbeat(heartbeat).await.unwrap();
+            fleet.heartbeat(heartbeat, None).await.unwrap();
         }
         let changes: Vec<(Option<Health>, Option<Health>)> = [
             next_health_change(&mut events).await,
@@ -648,11 +883,14 @@ mod tests {
         let store = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
         let stop = CancellationToken::new();
         let (fleet, tasks) = Fleet::start(store.clone(), settings(), stop.clone()).await.unwrap();
-        let id = fleet.enroll(enrollment("a")).await.unwrap().id;
+        let id = fleet.enroll(enrollment("a"), Takeover::default()).await.unwrap().id;
         // More samples than the whole sample budget (64 slots x 4) and the history (100).
         let samples: Vec<Sample> = (0..300).map(|i| Sample { cpu_percent: f64::from(i), ..sample(50) }).collect();
         let heartbeat = Heartbeat { machine_id: id.clone(), samples, interval_ms: 0, dropped_samples: 0 };
-        timeout(Duration::from_secs(10), fleet.heartbeat(heartbeat)).await.expect("no deadlock on the budget").unwrap();
+        timeout(Duration::from_secs(10), fleet.heartbeat(heartbeat, None))
+            .await
+            .expect("no deadlock on the budget")
+            .unwrap();
         stop.cancel();
         tasks.join().await;
         let history = store.history(&id, 1000).await.unwrap();
@@ -668,7 +906,7 @@ mod tests {
         let stop = CancellationToken::new();
         let (fleet, tasks) = Fleet::start(store, settings(), stop.clone()).await.unwrap();
         let heartbeat = Heartbeat { machine_id: "ghost".into(), samples: vec![], interval_ms: 0, dropped_samples: 0 };
-        assert!(matches!(fleet.heartbeat(heartbeat).await, Err(FleetError::NotEnrolled(id)) if id == "ghost"));
+        assert!(matches!(fleet.heartbeat(heartbeat, None).await, Err(FleetError::NotEnrolled(id)) if id == "ghost"));
         assert!(matches!(fleet.report_inventory("ghost", Inventory::default()).await, Err(FleetError::NotEnrolled(_))));
         stop.cancel();
         tasks.join().await;
@@ -681,10 +919,10 @@ mod tests {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
             let stop = CancellationToken::new();
             let (fleet, tasks) = Fleet::start(store, settings(), stop.clone()).await.unwrap();
-            let id = fleet.enroll(enrollment("a")).await.unwrap().id;
+            let id = fleet.enroll(enrollment("a"), Takeover::default()).await.unwrap().id;
             let heartbeat =
                 Heartbeat { machine_id: id.clone(), samples: vec![sample(50)], interval_ms: 1000, dropped_samples: 0 };
-            fleet.heartbeat(heartbeat).await.unwrap();
+            fleet.heartbeat(heartbeat, None).await.unwrap();
             stop.cancel();
             tasks.join().await;
             id

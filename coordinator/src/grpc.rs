@@ -21,6 +21,8 @@ pub fn status(error: FleetError) -> Status {
         FleetError::NotEnrolled(_) => Status::not_found(error.to_string()),
         FleetError::NoSuchMachine(_) => Status::not_found(error.to_string()),
         FleetError::ShuttingDown => Status::unavailable(error.to_string()),
+        FleetError::Store(crate::store::StoreError::HostnameTaken { .. }) => Status::already_exists(error.to_string()),
+        FleetError::Store(crate::store::StoreError::FileGone { .. }) => Status::unavailable(error.to_string()),
         FleetError::Store(_) => {
             tracing::error!(%error, "store failure");
             Status::internal(format!("{error}; see the coordinator's log"))

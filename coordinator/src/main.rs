@@ -113,6 +113,10 @@ struct ServeArgs {
     /// Serve plaintext gRPC (tests and demos only).
     #[arg(long)]
     insecure: bool,
+    /// Start with an empty store even though the state directory holds a CA (the store was lost and
+    /// there is no backup to restore); without it such a start is refused.
+    #[arg(long)]
+    new_store: bool,
     /// MAAS URL, e.g. http://172.16.0.3:5240/MAAS [env: METALFLEET_MAAS_URL]; starts the MAAS poller.
     #[arg(long, value_name = "URL")]
     maas_url: Option<url::Url>,
@@ -182,6 +186,10 @@ fn main() {
         && let Err(error @ coordinator::secret::SecretFileError::TooOpen { .. }) =
             coordinator::secret::check_private(&maas.api_key_file)
     {
+        eprintln!("error: {error}");
+        std::process::exit(exit::USAGE);
+    }
+    if let Err(error) = coordinator::server::guard_store(&config.state_dir, args.new_store) {
         eprintln!("error: {error}");
         std::process::exit(exit::USAGE);
     }

@@ -115,6 +115,27 @@ impl SecurityStore {
 
     // === tokens ===
 
+    /// Binds the token `token_id` to the MAAS machine `system_id`: the agent that enrolls with it takes
+    /// that machine's identity over (a redeploy; see [`crate::store::Store::enroll`]).
+    pub async fn bind_token_to_system(&self, token_id: String, system_id: String) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            conn.execute("UPDATE enroll_tokens SET system_id = ?2 WHERE id = ?1", params![token_id, system_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The MAAS machine the token `token_id` is bound to, if any.
+    pub async fn token_system(&self, token_id: String) -> Result<Option<String>, StoreError> {
+        self.with(move |conn| {
+            Ok(conn
+                .query_row("SELECT system_id FROM enroll_tokens WHERE id = ?1", params![token_id], |row| row.get(0))
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
     /// Records which machine enrolled with the token `token_id` (the redeploy flow waits for it; see
     /// [`crate::operations::store`], which owns the table). The first record stays.
     pub async fn record_token_enrollment(

@@ -51,6 +51,35 @@ pub enum ServeError {
     Operators(#[from] crate::operators::OperatorError),
     #[error(transparent)]
     Poller(#[from] crate::poller::StartError),
+    #[error(
+        "the store {store} is {why}, but the state directory already holds this coordinator's CA ({ca}): \
+         its machines, certificates, revocations and operators would be lost; restore the store from a backup \
+         (`coordinator restore BACKUP_DIR --state-dir {state_dir}`), or start with an empty store on purpose \
+         with `coordinator serve --new-store`"
+    )]
+    StoreMissing { store: std::path::PathBuf, why: &'static str, ca: std::path::PathBuf, state_dir: std::path::PathBuf },
+}
+
+/// Refuses to start over a missing or empty store next to an existing CA (a deleted or truncated
+/// database would otherwise be replaced by an empty one without a word). `new_store` says the operator
+/// wants a fresh store on purpose.
+///
+/// # Errors
+/// [`ServeError::StoreMissing`], or the store file cannot be read.
+pub fn guard_store(state_dir: &std::path::Path, new_store: bool) -> Result<(), ServeError> {
+    let ca = state_dir.join(pki::CA_CERT);
+    let store = state_dir.join(crate::store::sqlite::FILE_NAME);
+    if new_store || !ca.exists() {
+        return Ok(());
+    }
+    let why = if !store.exists() {
+        "missing"
+    } else if !SqliteStore::has_schema(state_dir)? {
+        "empty (no schema: truncated or replaced)"
+    } else {
+        return Ok(());
+    };
+    Err(ServeError::StoreMissing { store, why, ca, state_dir: state_dir.to_owned() })
 }
 
 /// Serves on `listener` (already bound) until `stop` is cancelled, then drains for
@@ -195,6 +224,7 @@ async fn prepare_inner(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_serving::<FleetServiceServer<FleetApi>>().await;
+    tokio::spawn(mirror_store_health(fleet.watch_status(), health.clone(), stop.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -277,6 +307,32 @@ async fn prepare_inner(
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller, ops: engine })
+}
+
+/// The gRPC health service's name for the store; NOT_SERVING while it cannot write.
+pub const STORE_HEALTH_SERVICE: &str = "metalfleet.v1.Store";
+
+/// Mirrors the coordinator's condition into the gRPC health service: while the store cannot write, the
+/// whole server ("") and [`STORE_HEALTH_SERVICE`] answer NOT_SERVING, so health probes see it degraded.
+async fn mirror_store_health(
+    mut status: tokio::sync::watch::Receiver<crate::fleet::CoordinatorStatus>,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    loop {
+        let serving = if status.borrow_and_update().degraded.is_some() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        health.set_service_status("", serving).await;
+        health.set_service_status(STORE_HEALTH_SERVICE, serving).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 impl Prepared {

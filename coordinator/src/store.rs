@@ -28,6 +28,14 @@ pub enum StoreError {
     Corrupt(String),
     #[error("machine {0} is not in the store")]
     NoSuchMachine(String),
+    #[error(
+        "the store file {path} is gone from under the running coordinator ({why}); nothing more is written to it: restore it from a backup (`coordinator restore`) and restart"
+    )]
+    FileGone { path: std::path::PathBuf, why: String },
+    #[error(
+        "the hostname {hostname} is already enrolled as machine {machine_id}; host names are unique in the fleet: rename this host, or `fleetctl machines forget {hostname}` first, or redeploy it so its new agent takes the name over"
+    )]
+    HostnameTaken { hostname: String, machine_id: String },
     #[error("the store's worker stopped: {0}")]
     Worker(String),
 }
@@ -49,16 +57,33 @@ pub struct Enrolled {
     pub machine: Machine,
     /// False when the agent was already known and only its details were refreshed.
     pub created: bool,
+    /// The hostname the agent reported when the machine kept another one (an agent never renames its machine).
+    pub ignored_hostname: Option<String>,
+    /// The agent this one replaced on its machine (an enrollment with a redeploy token bound to it).
+    pub replaced_agent: Option<String>,
+}
+
+/// Whose identity an enrollment may take over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Takeover {
+    /// The MAAS machine a redeploy token was minted for: the agent there is replaced by this one.
+    pub system_id: Option<String>,
 }
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Creates the machine for `enrollment.agent_id`, or finds it and refreshes hostname, MACs and version.
+    /// Creates the machine for `enrollment.agent_id`, or finds it and refreshes its MACs and version.
+    ///
+    /// Hostnames are unique: a new agent naming a machine that exists is refused
+    /// ([`StoreError::HostnameTaken`]) unless `takeover` names that machine's MAAS system_id (a
+    /// redeploy token), in which case the new agent takes the machine over (same machine id, its
+    /// inventory and latest sample forgotten, health unknown). A known agent keeps its hostname.
     async fn enroll(
         &self,
         enrollment: Enrollment,
         interval_ms: u32,
         now: DateTime<Utc>,
+        takeover: Takeover,
     ) -> Result<Enrolled, StoreError>;
 
     async fn machine(&self, machine_id: &str) -> Result<Option<Machine>, StoreError>;
@@ -71,8 +96,17 @@ pub trait Store: Send + Sync {
 
     async fn inventory(&self, machine_id: &str) -> Result<Option<Inventory>, StoreError>;
 
-    /// Writes many heartbeats in one transaction: history, latest sample and liveness.
+    /// Writes many heartbeats in one transaction: history, latest sample and liveness. Samples with a
+    /// `seq` the machine already has stored (a resend after a lost acknowledgement) are skipped.
     async fn record_samples(&self, writes: Vec<SampleWrite>) -> Result<(), StoreError>;
+
+    /// A cheap check that writes still reach the store's real file (see [`StoreError::FileGone`]).
+    ///
+    /// # Errors
+    /// The reason writes would be lost.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     async fn latest_sample(&self, machine_id: &str) -> Result<Option<Sample>, StoreError>;
 

@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, status};
 use crate::auth::{EnrollGrant, PeerCert, Security};
-use crate::fleet::Fleet;
+use crate::fleet::{AckSink, Fleet};
+use crate::store::Takeover;
 
 /// The longest interval backpressure asks for.
 const MAX_SLOWED_INTERVAL_MS: u32 = 5 * 60 * 1000;
@@ -96,10 +97,12 @@ impl AgentService for AgentApi {
         // The token is a secret: it leaves the request here and is only ever hashed.
         let token = crate::secret::Secret::new(std::mem::take(&mut wire.token));
         let csr_pem = std::mem::take(&mut wire.csr_pem);
-        let enrollment = convert::enrollment(wire)?;
+        let enrollment = convert::agent::enrollment(wire).inspect_err(|refusal| {
+            tracing::warn!(peer = ?remote, %refusal, "enrollment refused: bad request");
+        })?;
         tracing::Span::current().record("agent_id", enrollment.agent_id.as_str());
         let Some(security) = self.security.clone() else {
-            let machine = self.fleet.enroll(enrollment).await.map_err(status)?;
+            let machine = self.fleet.enroll(enrollment, Takeover::default()).await.map_err(status)?;
             return Ok(Response::new(convert::enroll_response(&machine)));
         };
         let issue_cert = !security.insecure && !csr_pem.is_empty();
@@ -142,10 +145,32 @@ impl AgentService for AgentApi {
                 status
             }
         };
-        let machine = match self.fleet.enroll(enrollment).await {
-            Ok(machine) => machine,
-            Err(error) => return Err(refund(status(error)).await),
+        // A redeploy token is bound to its MAAS machine: the only way to take that machine's identity over.
+        let takeover = match &grant {
+            EnrollGrant::Token(token_id) => match security.store.token_system(token_id.clone()).await {
+                Ok(system_id) => Takeover { system_id },
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the token's machine binding");
+                    return Err(
+                        refund(Status::internal("the coordinator cannot read its token store; see its log")).await
+                    );
+                }
+            },
+            _ => Takeover::default(),
         };
+        let machine = match self.fleet.enroll(enrollment, takeover.clone()).await {
+            Ok(machine) => machine,
+            Err(error) => {
+                tracing::warn!(peer = ?remote, %error, "enrollment refused");
+                return Err(refund(status(error)).await);
+            }
+        };
+        if takeover.system_id.is_some() {
+            // The agent from before the redeploy is gone: its certificates must not speak for the machine.
+            if let Err(error) = security.revoke_machine(&machine.id).await {
+                tracing::error!(%error, machine_id = %machine.id, "cannot revoke the replaced agent's certificates");
+            }
+        }
         if let EnrollGrant::Token(token_id) = &grant {
             // The redeploy flow recognises the agent it deployed by the token it minted for that deploy.
             let recorded = security.store.record_token_enrollment(
@@ -208,7 +233,10 @@ impl AgentService for AgentApi {
         self.check_agent(peer.as_ref(), &machine_id)?;
         let inventory =
             inventory.ok_or_else(|| Status::invalid_argument("inventory is missing; send the full inventory"))?;
-        let changed = self.fleet.report_inventory(&machine_id, convert::inventory(inventory)).await.map_err(status)?;
+        let inventory = convert::agent::inventory(inventory, chrono::Utc::now()).inspect_err(|refusal| {
+            tracing::warn!(%machine_id, %refusal, "inventory refused");
+        })?;
+        let changed = self.fleet.report_inventory(&machine_id, inventory).await.map_err(status)?;
         Ok(Response::new(pb::ReportInventoryResponse { changed }))
     }
 
@@ -227,16 +255,22 @@ impl AgentService for AgentApi {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the heartbeat stream ended before its first message"))?;
-        let first = convert::heartbeat(first)?;
-        let machine_id = first.machine_id.clone();
+        let first = convert::agent::heartbeat(first, chrono::Utc::now())?;
+        let machine_id = first.heartbeat.machine_id.clone();
         self.check_agent(peer.as_ref(), &machine_id)?;
         // Subscribed before the first write, so a revocation from now on ends the stream.
         let mut revocations = self.security.as_ref().filter(|s| !s.insecure).map(|s| s.revocations());
-        let first_interval_ms = first.interval_ms;
-        self.fleet.heartbeat(first).await.map_err(status)?;
+        let first_interval_ms = first.heartbeat.interval_ms;
+        // Acknowledgements: the writer raises it once a message's samples are committed.
+        let (acks, mut acked) = tokio::sync::watch::channel(0u64);
+        let acks: AckSink = Arc::new(acks);
+        let first_refusals = self.accept(first, &acks).await?;
         tracing::debug!(%machine_id, "heartbeat stream opened");
 
         let (directives, outbound) = mpsc::channel(DIRECTIVE_BUFFER);
+        if let Some(refusals) = first_refusals {
+            let _ = directives.try_send(Ok(refusals));
+        }
         let mut pressure = Pressure::new(self.fleet.clone(), machine_id.clone());
         pressure.check(&directives, first_interval_ms);
         let old_ca = match (&self.security, peer_certs.as_ref().and_then(|certs| certs.first())) {
@@ -252,9 +286,9 @@ impl AgentService for AgentApi {
                 issued_at: Some(convert::timestamp(chrono::Utc::now())),
             }));
         }
-        let fleet = self.fleet.clone();
-        let stop = self.stop.clone();
+        let api = AgentApi { fleet: self.fleet.clone(), stop: self.stop.clone(), security: self.security.clone() };
         tokio::spawn(async move {
+            let stop = api.stop.clone();
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => break,
@@ -265,6 +299,15 @@ impl AgentService for AgentApi {
                             let _ = directives.send(Err(refusal)).await;
                             break;
                         }
+                        continue;
+                    }
+                    changed = acked.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let stored_through = *acked.borrow_and_update();
+                        // Dropped when the agent does not read: the next acknowledgement covers this one.
+                        let _ = directives.try_send(Ok(ack_directive(stored_through, Vec::new())));
                         continue;
                     }
                     next = inbound.message() => next,
@@ -278,23 +321,61 @@ impl AgentService for AgentApi {
                     }
                 };
                 let reported_ms = message.interval_ms;
-                let result = match convert::heartbeat(message) {
-                    Ok(hb) if hb.machine_id != machine_id => Err(Status::invalid_argument(format!(
+                let result = match convert::agent::heartbeat(message, chrono::Utc::now()) {
+                    Ok(hb) if hb.heartbeat.machine_id != machine_id => Err(Status::invalid_argument(format!(
                         "this stream belongs to machine {machine_id}, not {}; open one stream per machine",
-                        hb.machine_id
+                        hb.heartbeat.machine_id
                     ))),
-                    Ok(hb) => fleet.heartbeat(hb).await.map_err(status),
-                    Err(error) => Err(error),
+                    Ok(hb) => api.accept(hb, &acks).await,
+                    Err(refusal) => Err(refusal.into()),
                 };
-                if let Err(error) = result {
-                    let _ = directives.send(Err(error)).await;
-                    break;
+                match result {
+                    Ok(Some(refusals)) => {
+                        if directives.send(Ok(refusals)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        let _ = directives.send(Err(error)).await;
+                        break;
+                    }
                 }
                 pressure.check(&directives, reported_ms);
             }
             tracing::debug!(%machine_id, "heartbeat stream closed");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+}
+
+impl AgentApi {
+    /// Hands a checked heartbeat to the fleet (acknowledged through `acks` once stored) and notes its
+    /// refusals; returns the directive that tells the agent which samples were refused, if any.
+    async fn accept(
+        &self,
+        checked: convert::agent::CheckedHeartbeat,
+        acks: &AckSink,
+    ) -> Result<Option<pb::Directive>, Status> {
+        let convert::agent::CheckedHeartbeat { heartbeat, refused, clock_ahead } = checked;
+        let machine_id = heartbeat.machine_id.clone();
+        let noted: Vec<(u64, String)> = refused.iter().map(|(seq, r)| (*seq, r.to_string())).collect();
+        self.fleet.heartbeat(heartbeat, Some(acks.clone())).await.map_err(status)?;
+        self.fleet.note_refusals(&machine_id, &noted, clock_ahead);
+        if refused.is_empty() {
+            return Ok(None);
+        }
+        let refused =
+            refused.into_iter().map(|(seq, r)| pb::Refusal { seq, field: r.field, reason: r.reason }).collect();
+        Ok(Some(ack_directive(0, refused)))
+    }
+}
+
+/// An acknowledgement: everything up to `stored_through` is stored (0: nothing new), and these samples never will be.
+fn ack_directive(stored_through: u64, refused: Vec<pb::Refusal>) -> pb::Directive {
+    pb::Directive {
+        kind: Some(pb::directive::Kind::Ack(pb::Ack { stored_through, refused })),
+        issued_at: Some(convert::timestamp(chrono::Utc::now())),
     }
 }
 

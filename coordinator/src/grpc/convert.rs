@@ -3,6 +3,7 @@
 //! Messages are destructured field by field, so a new proto field breaks the build here until
 //! someone decides what it means.
 
+pub mod agent;
 pub mod lab;
 pub mod maas;
 pub mod operations;
@@ -12,13 +13,11 @@ pub mod verify;
 
 use chrono::{DateTime, Utc};
 use proto::v1 as pb;
-use tonic::Status;
 
 use crate::domain::{
-    BlockDevice, Dmi, Enrollment, Event, FilesystemUsage, Health, Inventory, Machine, MachineView, NetworkInterface,
-    NetworkRate, OsInfo, Sample, Temperature,
+    BlockDevice, Dmi, Event, FilesystemUsage, Health, Inventory, Machine, MachineView, NetworkInterface, NetworkRate,
+    OsInfo, Sample, Temperature,
 };
-use crate::fleet::Heartbeat;
 
 // === time ===
 
@@ -61,24 +60,6 @@ pub fn health_from_wire(value: i32) -> Option<Health> {
 
 // === agent messages ===
 
-/// # Errors
-/// `INVALID_ARGUMENT` when the agent id or hostname is empty.
-pub fn enrollment(request: pb::EnrollRequest) -> Result<Enrollment, Status> {
-    let pb::EnrollRequest { agent_id, hostname, mac_addresses, agent_version, token: _, csr_pem: _ } = request;
-    if agent_id.trim().is_empty() {
-        return Err(Status::invalid_argument("agent_id is empty; the agent must send its stable id"));
-    }
-    if hostname.trim().is_empty() {
-        return Err(Status::invalid_argument("hostname is empty; the agent must send its hostname"));
-    }
-    Ok(Enrollment {
-        agent_id,
-        hostname,
-        mac_addresses: mac_addresses.into_iter().map(|m| m.to_lowercase()).collect(),
-        agent_version,
-    })
-}
-
 pub fn enroll_response(machine: &Machine) -> pb::EnrollResponse {
     pb::EnrollResponse {
         machine_id: machine.id.clone(),
@@ -89,75 +70,10 @@ pub fn enroll_response(machine: &Machine) -> pb::EnrollResponse {
     }
 }
 
-/// # Errors
-/// `INVALID_ARGUMENT` when the machine id is empty.
-pub fn heartbeat(request: pb::HeartbeatRequest) -> Result<Heartbeat, Status> {
-    let pb::HeartbeatRequest { machine_id, samples, interval_ms, dropped_samples } = request;
-    if machine_id.is_empty() {
-        return Err(Status::invalid_argument("machine_id is empty; every heartbeat message must name the machine"));
-    }
-    Ok(Heartbeat { machine_id, samples: samples.into_iter().map(sample).collect(), interval_ms, dropped_samples })
-}
-
 pub fn set_interval(interval_ms: u32, reason: &str) -> pb::Directive {
     pb::Directive {
         kind: Some(pb::directive::Kind::SetInterval(pb::SetInterval { interval_ms, reason: reason.to_string() })),
         issued_at: Some(timestamp(Utc::now())),
-    }
-}
-
-pub fn sample(wire: pb::HealthSample) -> Sample {
-    let pb::HealthSample {
-        taken_at,
-        cpu_percent,
-        load1,
-        load5,
-        load15,
-        memory_total_bytes,
-        memory_used_bytes,
-        memory_available_bytes,
-        swap_total_bytes,
-        swap_used_bytes,
-        filesystems,
-        temperatures,
-        networks,
-        uptime_seconds,
-        logical_cpus,
-    } = wire;
-    Sample {
-        taken_at: time(taken_at),
-        cpu_percent,
-        load1,
-        load5,
-        load15,
-        memory_total_bytes,
-        memory_used_bytes,
-        memory_available_bytes,
-        swap_total_bytes,
-        swap_used_bytes,
-        filesystems: filesystems
-            .into_iter()
-            .map(|f| {
-                let pb::FilesystemUsage { mount_point, device, fs_type, total_bytes, available_bytes } = f;
-                FilesystemUsage { mount_point, device, fs_type, total_bytes, available_bytes }
-            })
-            .collect(),
-        temperatures: temperatures
-            .into_iter()
-            .map(|t| {
-                let pb::Temperature { label, celsius } = t;
-                Temperature { label, celsius }
-            })
-            .collect(),
-        networks: networks
-            .into_iter()
-            .map(|n| {
-                let pb::NetworkRate { interface, rx_bytes_per_second, tx_bytes_per_second } = n;
-                NetworkRate { interface, rx_bytes_per_second, tx_bytes_per_second }
-            })
-            .collect(),
-        uptime_seconds,
-        logical_cpus,
     }
 }
 
@@ -200,10 +116,11 @@ pub fn sample_to_wire(sample: &Sample) -> pb::HealthSample {
             .collect(),
         uptime_seconds: sample.uptime_seconds,
         logical_cpus: sample.logical_cpus,
+        seq: sample.seq,
     }
 }
 
-fn link_state_name(value: i32) -> String {
+pub(crate) fn link_state_name(value: i32) -> String {
     match pb::LinkState::try_from(value) {
         Ok(pb::LinkState::Up) => "up",
         Ok(pb::LinkState::Down) => "down",
@@ -219,58 +136,6 @@ fn link_state_to_wire(name: &str) -> i32 {
         _ => pb::LinkState::Unknown,
     };
     state as i32
-}
-
-pub fn inventory(wire: pb::Inventory) -> Inventory {
-    let pb::Inventory {
-        cpu_model,
-        physical_cores,
-        logical_cpus,
-        memory_total_bytes,
-        disks,
-        interfaces,
-        dmi,
-        os,
-        collected_at,
-    } = wire;
-    let dmi = dmi.map(|d| {
-        let pb::Dmi { vendor, product, serial, bios_version } = d;
-        Dmi { vendor, product, serial, bios_version }
-    });
-    let os = os.map(|o| {
-        let pb::OsInfo { name, version, kernel, boot_time } = o;
-        OsInfo { name, version, kernel, boot_time: time(boot_time) }
-    });
-    Inventory {
-        cpu_model,
-        physical_cores,
-        logical_cpus,
-        memory_total_bytes,
-        disks: disks
-            .into_iter()
-            .map(|d| {
-                let pb::BlockDevice { name, size_bytes, model, serial, rotational } = d;
-                BlockDevice { name, size_bytes, model, serial, rotational }
-            })
-            .collect(),
-        interfaces: interfaces
-            .into_iter()
-            .map(|i| {
-                let pb::NetworkInterface { name, mac, speed_mbps, link_state, addresses, r#virtual } = i;
-                NetworkInterface {
-                    name,
-                    mac: mac.to_lowercase(),
-                    speed_mbps,
-                    link_state: link_state_name(link_state),
-                    addresses,
-                    is_virtual: r#virtual,
-                }
-            })
-            .collect(),
-        dmi: dmi.unwrap_or_default(),
-        os: os.unwrap_or_default(),
-        collected_at: time(collected_at),
-    }
 }
 
 pub fn inventory_to_wire(inventory: &Inventory) -> pb::Inventory {
@@ -371,9 +236,128 @@ pub fn machine(wire: pb::Machine) -> MachineView {
             health: health_from_wire(health).unwrap_or(Health::Unknown),
             health_reasons,
         },
-        latest_sample: latest_sample.map(sample),
-        inventory: wire_inventory.map(inventory),
-        history: history.into_iter().map(sample).collect(),
+        latest_sample: latest_sample.map(sample_from_coordinator),
+        inventory: wire_inventory.map(inventory_from_coordinator),
+        history: history.into_iter().map(sample_from_coordinator).collect(),
+    }
+}
+
+/// A sample as the coordinator sends it to operators: it was checked when the agent sent it, so this
+/// side only copies (an agent's message goes through [`agent::sample`] instead).
+pub(crate) fn sample_from_coordinator(wire: pb::HealthSample) -> Sample {
+    let pb::HealthSample {
+        taken_at,
+        cpu_percent,
+        load1,
+        load5,
+        load15,
+        memory_total_bytes,
+        memory_used_bytes,
+        memory_available_bytes,
+        swap_total_bytes,
+        swap_used_bytes,
+        filesystems,
+        temperatures,
+        networks,
+        uptime_seconds,
+        logical_cpus,
+        seq,
+    } = wire;
+    let filesystems = filesystems
+        .into_iter()
+        .map(|f| FilesystemUsage {
+            mount_point: f.mount_point,
+            device: f.device,
+            fs_type: f.fs_type,
+            total_bytes: f.total_bytes,
+            available_bytes: f.available_bytes,
+        })
+        .collect();
+    let temperatures = temperatures.into_iter().map(|t| Temperature { label: t.label, celsius: t.celsius }).collect();
+    let networks = networks
+        .into_iter()
+        .map(|n| NetworkRate {
+            interface: n.interface,
+            rx_bytes_per_second: n.rx_bytes_per_second,
+            tx_bytes_per_second: n.tx_bytes_per_second,
+        })
+        .collect();
+    Sample {
+        seq,
+        taken_at: time(taken_at),
+        cpu_percent,
+        load1,
+        load5,
+        load15,
+        memory_total_bytes,
+        memory_used_bytes,
+        memory_available_bytes,
+        swap_total_bytes,
+        swap_used_bytes,
+        filesystems,
+        temperatures,
+        networks,
+        uptime_seconds,
+        logical_cpus,
+    }
+}
+
+/// An inventory as the coordinator sends it to operators (checked when the agent sent it).
+pub(crate) fn inventory_from_coordinator(wire: pb::Inventory) -> Inventory {
+    let pb::Inventory {
+        cpu_model,
+        physical_cores,
+        logical_cpus,
+        memory_total_bytes,
+        disks,
+        interfaces,
+        dmi,
+        os,
+        collected_at,
+    } = wire;
+    Inventory {
+        cpu_model,
+        physical_cores,
+        logical_cpus,
+        memory_total_bytes,
+        disks: disks
+            .into_iter()
+            .map(|d| BlockDevice {
+                name: d.name,
+                size_bytes: d.size_bytes,
+                model: d.model,
+                serial: d.serial,
+                rotational: d.rotational,
+            })
+            .collect(),
+        interfaces: interfaces
+            .into_iter()
+            .map(|i| NetworkInterface {
+                name: i.name,
+                mac: i.mac,
+                speed_mbps: i.speed_mbps,
+                link_state: link_state_name(i.link_state),
+                addresses: i.addresses,
+                is_virtual: i.r#virtual,
+            })
+            .collect(),
+        dmi: dmi
+            .map(|d| Dmi { vendor: d.vendor, product: d.product, serial: d.serial, bios_version: d.bios_version })
+            .unwrap_or_default(),
+        os: os
+            .map(|o| OsInfo { name: o.name, version: o.version, kernel: o.kernel, boot_time: time(o.boot_time) })
+            .unwrap_or_default(),
+        collected_at: time(collected_at),
+    }
+}
+
+/// The coordinator's own condition for operators.
+pub fn coordinator_status_to_wire(status: &crate::fleet::CoordinatorStatus) -> pb::CoordinatorStatus {
+    match &status.degraded {
+        Some((since, why)) => {
+            pb::CoordinatorStatus { degraded: true, reasons: vec![why.clone()], since: Some(timestamp(*since)) }
+        }
+        None => pb::CoordinatorStatus::default(),
     }
 }
 
@@ -413,6 +397,7 @@ mod tests {
 
     fn full_sample() -> Sample {
         Sample {
+            seq: 42,
             taken_at: Some(Utc.timestamp_opt(1_700_000_000, 123_000_000).unwrap()),
             cpu_percent: 12.5,
             load1: 1.0,
@@ -444,7 +429,9 @@ mod tests {
     #[test]
     fn sample_round_trips() {
         let domain = full_sample();
-        assert_eq!(sample(sample_to_wire(&domain)), domain);
+        assert_eq!(sample_from_coordinator(sample_to_wire(&domain)), domain);
+        let now = domain.taken_at.unwrap();
+        assert_eq!(agent::sample(sample_to_wire(&domain), now), Ok(domain), "a valid sample passes the checks whole");
     }
 
     #[test]
@@ -473,20 +460,23 @@ mod tests {
             os: OsInfo { name: "Ubuntu".into(), version: "22.04".into(), kernel: "6.8".into(), boot_time: None },
             collected_at: Some(Utc.timestamp_opt(1_700_000_000, 0).unwrap()),
         };
-        assert_eq!(inventory(inventory_to_wire(&domain)), domain);
+        assert_eq!(inventory_from_coordinator(inventory_to_wire(&domain)), domain);
+        let now = domain.collected_at.unwrap();
+        assert_eq!(agent::inventory(inventory_to_wire(&domain), now), Ok(domain));
     }
 
     #[test]
     fn enrollment_needs_an_agent_id() {
         let request = pb::EnrollRequest { hostname: "h".into(), ..Default::default() };
-        assert_eq!(enrollment(request).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let status = tonic::Status::from(agent::enrollment(request).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
         let request = pb::EnrollRequest {
             agent_id: "a".into(),
             hostname: "h".into(),
             mac_addresses: vec!["52:54:00:AA:BB:CC".into()],
             ..Default::default()
         };
-        assert_eq!(enrollment(request).unwrap().mac_addresses, vec!["52:54:00:aa:bb:cc".to_string()]);
+        assert_eq!(agent::enrollment(request).unwrap().mac_addresses, vec!["52:54:00:aa:bb:cc".to_string()]);
     }
 
     proptest! {

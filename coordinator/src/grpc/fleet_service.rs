@@ -49,7 +49,8 @@ impl FleetService for FleetApi {
         _request: Request<pb::ListMachinesRequest>,
     ) -> Result<Response<pb::ListMachinesResponse>, Status> {
         let machines = self.fleet.machines().iter().map(convert::machine_to_wire).collect();
-        Ok(Response::new(pb::ListMachinesResponse { machines }))
+        let coordinator = Some(convert::coordinator_status_to_wire(&self.fleet.status()));
+        Ok(Response::new(pb::ListMachinesResponse { machines, coordinator }))
     }
 
     async fn get_machine(&self, request: Request<pb::GetMachineRequest>) -> Result<Response<pb::Machine>, Status> {

@@ -91,7 +91,7 @@ fn healthy_sample() -> pb::HealthSample {
 }
 
 #[tokio::test]
-async fn enroll_twice_gives_the_same_machine_with_the_new_hostname() {
+async fn enroll_twice_gives_the_same_machine_which_keeps_its_hostname() {
     let running = Running::start(|_| {}).await;
     timeout(DEADLINE, async {
         let mut agent = running.agent().await;
@@ -104,10 +104,22 @@ async fn enroll_twice_gives_the_same_machine_with_the_new_hostname() {
         let mut fleet = running.fleet().await;
         let machines = fleet.list_machines(pb::ListMachinesRequest {}).await.unwrap().into_inner().machines;
         assert_eq!(machines.len(), 1);
-        assert_eq!(machines[0].hostname, "server1");
+        assert_eq!(machines[0].hostname, "old-name", "an enrolled agent cannot rename its machine");
         assert_eq!(machines[0].health, pb::Health::Unknown as i32);
         let status = agent.enroll(enroll_request("", "x")).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        // Hostnames are unique: another agent cannot take a name that is enrolled.
+        let status = agent.enroll(enroll_request("agent-2", "old-name")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+        assert!(status.message().contains("old-name"), "{}", status.message());
+        // A hostname with control characters or of 100 KB is refused at enrollment.
+        for bad in ["evil\nserver9  healthy".to_string(), "x".repeat(100_000), "\x1b]0;pwn\x07".to_string()] {
+            let status = agent.enroll(enroll_request("agent-3", &bad)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains("hostname") && status.message().len() < 400, "{}", status.message());
+        }
+        let machines = fleet.list_machines(pb::ListMachinesRequest {}).await.unwrap().into_inner().machines;
+        assert_eq!(machines.len(), 1, "nothing refused was stored");
     })
     .await
     .expect("test within its deadline");
@@ -355,8 +367,9 @@ impl crate::store::Store for GatedStore {
         enrollment: crate::domain::Enrollment,
         interval_ms: u32,
         now: chrono::DateTime<chrono::Utc>,
+        takeover: crate::store::Takeover,
     ) -> Result<crate::store::Enrolled, crate::store::StoreError> {
-        self.inner.enroll(enrollment, interval_ms, now).await
+        self.inner.enroll(enrollment, interval_ms, now, takeover).await
     }
     async fn machine(&self, id: &str) -> Result<Option<crate::domain::Machine>, crate::store::StoreError> {
         self.inner.machine(id).await

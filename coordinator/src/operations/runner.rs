@@ -344,6 +344,13 @@ async fn run_step(
             )
             .await
             .map_err(|e| Stop::Failed(format!("cannot mint the enrollment token: {e}")))?;
+            // The only way to replace this machine's identity: the agent enrolling with this token.
+            ops.inner
+                .security
+                .store
+                .bind_token_to_system(record.id.clone(), system_id.clone())
+                .await
+                .map_err(|e| Stop::Failed(format!("cannot bind the enrollment token to {system_id}: {e}")))?;
             {
                 // The intent: which token this deploy carries, persisted before MAAS is asked.
                 let mut op = shared.lock().await;
@@ -575,7 +582,7 @@ mod tests {
     use crate::domain::{BlockDevice, Enrollment, Inventory};
     use crate::fleet::{Fleet, FleetSettings};
     use crate::operations::{Config, DeployContext, OperationsStore, RedeployRequest};
-    use crate::store::{MaasStore, SqliteStore, Store};
+    use crate::store::{MaasStore, SqliteStore, Store, StoreError, Takeover};
     use crate::verify::{Tolerances, VerifyStore};
 
     /// The stores, the fleet and the security state one engine (or two, one after another) runs on.
@@ -639,14 +646,23 @@ mod tests {
         }
     }
 
-    async fn enroll(fleet: &Fleet, agent: &str, hostname: &str) -> String {
-        let enrollment = Enrollment {
+    fn enrollment(agent: &str, hostname: &str) -> Enrollment {
+        Enrollment {
             agent_id: agent.into(),
             hostname: hostname.into(),
             mac_addresses: vec![],
             agent_version: "t".into(),
-        };
-        fleet.enroll(enrollment).await.unwrap().id
+        }
+    }
+
+    async fn enroll(fleet: &Fleet, agent: &str, hostname: &str) -> String {
+        fleet.enroll(enrollment(agent, hostname), Takeover::default()).await.unwrap().id
+    }
+
+    /// An agent enrolling with a redeploy token bound to `system_id`.
+    async fn take_over(fleet: &Fleet, agent: &str, hostname: &str, system_id: &str) -> String {
+        let takeover = Takeover { system_id: Some(system_id.into()) };
+        fleet.enroll(enrollment(agent, hostname), takeover).await.unwrap().id
     }
 
     fn check(report: Option<&MachineReport>, machine_id: &str, expected: &Judged) {
@@ -697,10 +713,20 @@ mod tests {
         let stop = CancellationToken::new();
         let ops = engine(&rig, None, stop.clone());
         rig.store.record_maas_poll(vec![maas_machine("aaa", "server1")], vec![], Utc::now()).await.unwrap();
-        // The agent from before the redeploy still holds the match.
+        // The agent from before the redeploy holds the match and has reported.
         let old = enroll(&rig.fleet, "agent-old", "server1").await;
         rig.store.set_system_id(&old, Some("aaa".into())).await.unwrap();
-        let new = enroll(&rig.fleet, "agent-new", "server1").await;
+        rig.fleet.report_inventory(&old, inventory(1)).await.unwrap();
+        // Without the deploy's token, another agent cannot take the name.
+        let refused = rig.fleet.enroll(enrollment("agent-intruder", "server1"), Takeover::default()).await;
+        assert!(
+            matches!(refused, Err(crate::fleet::FleetError::Store(StoreError::HostnameTaken { .. }))),
+            "{refused:?}"
+        );
+        // With it, the new agent takes the machine over: same machine, the old agent's inventory forgotten.
+        let new = take_over(&rig.fleet, "agent-new", "server1", "aaa").await;
+        assert_eq!(new, old, "the machine keeps its identity across a redeploy");
+        assert_eq!(rig.store.machine(&new).await.unwrap().unwrap().agent_id, "agent-new");
         let soon = || tokio::time::Instant::now() + Duration::from_millis(150);
 
         // No inventory yet: unknown, waited for until the deadline, then the machine fails with the reason.
@@ -708,7 +734,6 @@ mod tests {
             panic!("an agent without inventory cannot pass");
         };
         assert!(message.starts_with("spec unknown") && message.contains("inventory"), "{message}");
-        assert_eq!(rig.store.machine(&old).await.unwrap().unwrap().system_id, None, "the old agent is unmatched");
         assert_eq!(rig.store.machine(&new).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
 
         rig.fleet.report_inventory(&new, inventory(1)).await.unwrap();
@@ -717,7 +742,7 @@ mod tests {
         assert!(passed.1.starts_with("spec pass"), "{}", passed.1);
 
         // A later redeploy whose agent reports a disk fewer than commissioned drifts: the machine fails.
-        let newer = enroll(&rig.fleet, "agent-newer", "server1").await;
+        let newer = take_over(&rig.fleet, "agent-newer", "server1", "aaa").await;
         rig.fleet.report_inventory(&newer, inventory(0)).await.unwrap();
         let Err(Stop::Failed(message)) = verify_step(&ops, "aaa", &newer, soon(), &stop).await else {
             panic!("a lost disk is drift");

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{Enrolled, SampleWrite, Store, StoreError};
+use super::{Enrolled, SampleWrite, Store, StoreError, Takeover};
 use crate::domain::{Enrollment, Event, Health, Inventory, Machine, NewEvent, Sample};
 
 /// The schema, one entry per version; `PRAGMA user_version` says how many have been applied.
@@ -106,6 +106,10 @@ const MIGRATIONS: &[&str] = &[
     verify::MIGRATION,
     // 5: redeploy operations and which token enrolled which machine (issue 7).
     crate::operations::store::MIGRATION,
+    // 6: hostile agents (issue 10): the highest sample seq stored per machine (acknowledgements and
+    // duplicates), and the MAAS machine a redeploy token is bound to.
+    "ALTER TABLE machines ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE enroll_tokens ADD COLUMN system_id TEXT;",
 ];
 
 /// The file name of the store inside the state directory.
@@ -125,6 +129,42 @@ struct Inner {
     write: Mutex<Writer>,
     read: Mutex<Connection>,
     history_samples: u32,
+    /// The database file as opened; every write first checks the path still names it.
+    file: FileIdentity,
+}
+
+/// The device and inode of the database file when it was opened. SQLite keeps writing into a file
+/// that was deleted (or replaced) under it, and every such write would be lost at the next start:
+/// a write is refused instead, so nothing is acknowledged that is not in the real file.
+#[derive(Debug, Clone)]
+struct FileIdentity {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|source| StoreError::FileGone {
+            path: path.to_owned(),
+            why: format!("cannot read its metadata: {source}"),
+        })?;
+        Ok(FileIdentity { path: path.to_owned(), dev: meta.dev(), ino: meta.ino() })
+    }
+
+    /// # Errors
+    /// [`StoreError::FileGone`] when the path no longer names the file that was opened.
+    fn check(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let gone = |why: String| StoreError::FileGone { path: self.path.clone(), why };
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => Ok(()),
+            Ok(_) => Err(gone("another file was put in its place".into())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(gone("it was deleted".into())),
+            Err(error) => Err(gone(format!("cannot read its metadata: {error}"))),
+        }
+    }
 }
 
 struct Writer {
@@ -152,13 +192,33 @@ impl SqliteStore {
         migrate(&mut write)?;
         let read = open(&path)?;
         configure(&read)?;
+        let file = FileIdentity::of(&path)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 write: Mutex::new(Writer { conn: write, since_prune: HashMap::new() }),
                 read: Mutex::new(read),
                 history_samples: history_samples.max(1),
+                file,
             }),
         })
+    }
+
+    /// Whether `<state_dir>/coordinator.db` exists and holds a schema (a truncated or empty file does
+    /// not): the server refuses to start over a missing store next to an existing CA.
+    ///
+    /// # Errors
+    /// The file exists but cannot be opened or read (not a database, say).
+    pub fn has_schema(state_dir: &Path) -> Result<bool, StoreError> {
+        let path = state_dir.join(FILE_NAME);
+        if !path.exists() {
+            return Ok(false);
+        }
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        Ok(version > 0)
     }
 
     /// The schema version of the open file.
@@ -177,6 +237,7 @@ impl SqliteStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut writer = inner.write.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.file.check()?;
             work(&mut writer, inner.history_samples)
         })
         .await
@@ -280,6 +341,44 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     })
 }
 
+/// Whether a row failed to decode (a bad value in it), as opposed to the database failing.
+fn is_undecodable(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+    )
+}
+
+/// Reading is total: a row that cannot be decoded is reported and skipped, never a reason to fail the
+/// whole read (and with it the coordinator's start); the database failing is still an error.
+fn readable<T>(rows: impl Iterator<Item = rusqlite::Result<T>>, table: &str) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for (index, row) in rows.enumerate() {
+        match row {
+            Ok(value) => out.push(value),
+            Err(error) if is_undecodable(&error) => {
+                tracing::error!(table, row = index, %error, "skipping a stored row that cannot be read");
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// [`readable`] for one optional row: an undecodable one reads as absent (and is reported).
+fn readable_one<T>(row: rusqlite::Result<Option<T>>, table: &str, key: &str) -> Result<Option<Option<T>>, StoreError> {
+    match row {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if is_undecodable(&error) => {
+            tracing::error!(table, key, %error, "skipping a stored row that cannot be read");
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -298,60 +397,124 @@ impl Store for SqliteStore {
         enrollment: Enrollment,
         interval_ms: u32,
         now: DateTime<Utc>,
+        takeover: Takeover,
     ) -> Result<Enrolled, StoreError> {
         self.write(move |writer, _| {
             let tx = writer.conn.transaction()?;
             let macs = to_json(&enrollment.mac_addresses)?;
-            let existing: Option<String> = tx
-                .query_row("SELECT id FROM machines WHERE agent_id = ?1", [&enrollment.agent_id], |row| row.get(0))
+            let existing: Option<(String, String)> = tx
+                .query_row("SELECT id, hostname FROM machines WHERE agent_id = ?1", [&enrollment.agent_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
                 .optional()?;
+            let mut ignored_hostname = None;
+            let mut replaced_agent = None;
             let (id, created) = match existing {
-                Some(id) => {
+                Some((id, hostname)) => {
+                    // A known agent keeps its machine's name: an agent never renames a machine.
+                    if hostname != enrollment.hostname {
+                        ignored_hostname = Some(enrollment.hostname.clone());
+                    }
                     tx.execute(
-                        "UPDATE machines SET hostname = ?2, macs = ?3, agent_version = ?4, heartbeat_interval_ms = ?5
-                         WHERE id = ?1",
-                        params![id, enrollment.hostname, macs, enrollment.agent_version, interval_ms],
+                        "UPDATE machines SET macs = ?2, agent_version = ?3, heartbeat_interval_ms = ?4 WHERE id = ?1",
+                        params![id, macs, enrollment.agent_version, interval_ms],
                     )?;
                     (id, false)
                 }
                 None => {
-                    let id = uuid::Uuid::new_v4().to_string();
-                    tx.execute(
-                        "INSERT INTO machines (id, agent_id, hostname, system_id, macs, agent_version, enrolled_at,
-                                               last_seen, heartbeat_interval_ms, health, health_reasons)
-                         VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, NULL, ?7, ?8, '[]')",
-                        params![
-                            id,
-                            enrollment.agent_id,
-                            enrollment.hostname,
-                            macs,
-                            enrollment.agent_version,
-                            time_text(now),
-                            interval_ms,
-                            Health::Unknown.as_str()
-                        ],
-                    )?;
-                    (id, true)
+                    // The machine this agent may take over: the one its redeploy token is bound to.
+                    let bound: Option<(String, String)> = match &takeover.system_id {
+                        Some(system_id) => tx
+                            .query_row(
+                                "SELECT id, agent_id FROM machines WHERE system_id = ?1 ORDER BY enrolled_at LIMIT 1",
+                                [system_id],
+                                |row| Ok((row.get(0)?, row.get(1)?)),
+                            )
+                            .optional()?,
+                        None => None,
+                    };
+                    let holder: Option<String> = tx
+                        .query_row("SELECT id FROM machines WHERE hostname = ?1 LIMIT 1", [&enrollment.hostname], |row| {
+                            row.get(0)
+                        })
+                        .optional()?;
+                    match (bound, holder) {
+                        (Some((id, old_agent)), holder) if holder.as_ref().is_none_or(|h| *h == id) => {
+                            tx.execute(
+                                "UPDATE machines SET agent_id = ?2, hostname = ?3, macs = ?4, agent_version = ?5,
+                                        heartbeat_interval_ms = ?6, health = ?7, health_reasons = '[]',
+                                        last_seen = NULL, last_seq = 0
+                                 WHERE id = ?1",
+                                params![
+                                    id,
+                                    enrollment.agent_id,
+                                    enrollment.hostname,
+                                    macs,
+                                    enrollment.agent_version,
+                                    interval_ms,
+                                    Health::Unknown.as_str()
+                                ],
+                            )?;
+                            tx.execute("DELETE FROM inventories WHERE machine_id = ?1", [&id])?;
+                            tx.execute("DELETE FROM latest_samples WHERE machine_id = ?1", [&id])?;
+                            replaced_agent = Some(old_agent);
+                            (id, false)
+                        }
+                        (_, Some(holder)) => {
+                            return Err(StoreError::HostnameTaken {
+                                hostname: enrollment.hostname.clone(),
+                                machine_id: holder,
+                            });
+                        }
+                        (_, None) => {
+                            let id = uuid::Uuid::new_v4().to_string();
+                            tx.execute(
+                                "INSERT INTO machines (id, agent_id, hostname, system_id, macs, agent_version, enrolled_at,
+                                                       last_seen, heartbeat_interval_ms, health, health_reasons)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, '[]')",
+                                params![
+                                    id,
+                                    enrollment.agent_id,
+                                    enrollment.hostname,
+                                    takeover.system_id,
+                                    macs,
+                                    enrollment.agent_version,
+                                    time_text(now),
+                                    interval_ms,
+                                    Health::Unknown.as_str()
+                                ],
+                            )?;
+                            (id, true)
+                        }
+                    }
                 }
             };
             let machine = machine_by_id(&tx, &id)?.ok_or_else(|| StoreError::NoSuchMachine(id.clone()))?;
             tx.commit()?;
-            Ok(Enrolled { machine, created })
+            Ok(Enrolled { machine, created, ignored_hostname, replaced_agent })
         })
         .await
     }
 
     async fn machine(&self, machine_id: &str) -> Result<Option<Machine>, StoreError> {
         let machine_id = machine_id.to_string();
-        self.read(move |conn| machine_by_id(conn, &machine_id)).await
+        self.read(move |conn| {
+            let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1");
+            let found = conn.query_row(&sql, [&machine_id], machine_from_row).optional();
+            Ok(readable_one(found, "machines", &machine_id)?.flatten())
+        })
+        .await
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.inner.file.check()
     }
 
     async fn machines(&self) -> Result<Vec<Machine>, StoreError> {
         self.read(|conn| {
             let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines ORDER BY hostname, id");
             let mut statement = conn.prepare(&sql)?;
-            let machines = statement.query_map([], machine_from_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(machines)
+            readable(statement.query_map([], machine_from_row)?, "machines")
         })
         .await
     }
@@ -389,11 +552,12 @@ impl Store for SqliteStore {
     async fn inventory(&self, machine_id: &str) -> Result<Option<Inventory>, StoreError> {
         let machine_id = machine_id.to_string();
         self.read(move |conn| {
-            Ok(conn
+            let found = conn
                 .query_row("SELECT body FROM inventories WHERE machine_id = ?1", [&machine_id], |row| {
                     parse_json(row, 0)
                 })
-                .optional()?)
+                .optional();
+            Ok(readable_one(found, "inventories", &machine_id)?.flatten())
         })
         .await
     }
@@ -413,22 +577,36 @@ impl Store for SqliteStore {
                     "INSERT INTO latest_samples (machine_id, received_at, body) VALUES (?1, ?2, ?3)
                      ON CONFLICT(machine_id) DO UPDATE SET received_at = excluded.received_at, body = excluded.body",
                 )?;
-                let mut seen =
-                    tx.prepare_cached("UPDATE machines SET last_seen = ?2, heartbeat_interval_ms = ?3 WHERE id = ?1")?;
+                let mut seen = tx.prepare_cached(
+                    "UPDATE machines SET last_seen = ?2, heartbeat_interval_ms = ?3 WHERE id = ?1 RETURNING last_seq",
+                )?;
+                let mut advance = tx.prepare_cached("UPDATE machines SET last_seq = ?2 WHERE id = ?1")?;
                 for write in &writes {
                     let received = time_text(write.received_at);
-                    if seen.execute(params![write.machine_id, received, write.interval_ms])? == 0 {
-                        // The machine is gone from the store; its samples have nowhere to belong.
-                        continue;
-                    }
+                    let last_seq: Option<i64> = seen
+                        .query_row(params![write.machine_id, received, write.interval_ms], |row| row.get(0))
+                        .optional()?;
+                    // None: the machine is gone from the store; its samples have nowhere to belong.
+                    let Some(last_seq) = last_seq else { continue };
+                    let mut last_seq = u64::try_from(last_seq).unwrap_or(0);
+                    let mut count = 0u32;
+                    let mut newest = None;
                     for sample in &write.samples {
+                        // A sample resent after its acknowledgement was lost is already here.
+                        if sample.seq != 0 && sample.seq <= last_seq {
+                            continue;
+                        }
                         let taken = sample.taken_at.map(time_text);
                         insert.execute(params![write.machine_id, taken, received, to_json(sample)?])?;
+                        last_seq = last_seq.max(sample.seq);
+                        count += 1;
+                        newest = Some(sample);
                     }
-                    if let Some(last) = write.samples.last() {
+                    if let Some(last) = newest {
                         latest.execute(params![write.machine_id, received, to_json(last)?])?;
+                        advance.execute(params![write.machine_id, i64::try_from(last_seq).unwrap_or(i64::MAX)])?;
                     }
-                    *inserted.entry(write.machine_id.clone()).or_default() += write.samples.len() as u32;
+                    *inserted.entry(write.machine_id.clone()).or_default() += count;
                 }
                 let slack = (bound / 10).max(1);
                 let mut prune = tx.prepare_cached(
@@ -453,11 +631,12 @@ impl Store for SqliteStore {
     async fn latest_sample(&self, machine_id: &str) -> Result<Option<Sample>, StoreError> {
         let machine_id = machine_id.to_string();
         self.read(move |conn| {
-            Ok(conn
+            let found = conn
                 .query_row("SELECT body FROM latest_samples WHERE machine_id = ?1", [&machine_id], |row| {
                     parse_json(row, 0)
                 })
-                .optional()?)
+                .optional();
+            Ok(readable_one(found, "latest_samples", &machine_id)?.flatten())
         })
         .await
     }
@@ -469,10 +648,7 @@ impl Store for SqliteStore {
                 "SELECT body FROM (SELECT id, body FROM samples WHERE machine_id = ?1 ORDER BY id DESC LIMIT ?2)
                  ORDER BY id ASC",
             )?;
-            let samples = statement
-                .query_map(params![machine_id, limit], |row| parse_json(row, 0))?
-                .collect::<Result<Vec<Sample>, _>>()?;
-            Ok(samples)
+            readable(statement.query_map(params![machine_id, limit], |row| parse_json::<Sample>(row, 0))?, "samples")
         })
         .await
     }
@@ -523,12 +699,12 @@ impl Store for SqliteStore {
                          ORDER BY id ASC"
                     );
                     let mut statement = conn.prepare_cached(&sql)?;
-                    statement.query_map(params![after, limit], event_from_row)?.collect::<Result<Vec<_>, _>>()?
+                    readable(statement.query_map(params![after, limit], event_from_row)?, "events")?
                 }
                 None => {
                     let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > ?1 ORDER BY id ASC");
                     let mut statement = conn.prepare_cached(&sql)?;
-                    statement.query_map(params![after], event_from_row)?.collect::<Result<Vec<_>, _>>()?
+                    readable(statement.query_map(params![after], event_from_row)?, "events")?
                 }
             };
             Ok(events)
@@ -570,7 +746,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 1000).unwrap();
         assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as u32);
-        let enrolled = store.enroll(enrollment("agent-a", "server1"), 5000, at(0)).await.unwrap();
+        let enrolled = store.enroll(enrollment("agent-a", "server1"), 5000, at(0), Takeover::default()).await.unwrap();
         assert!(enrolled.created);
         store.record_samples(vec![write(&enrolled.machine.id, vec![sample(1.0), sample(2.0)])]).await.unwrap();
         drop(store);
@@ -586,15 +762,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn same_agent_gets_same_machine_and_new_hostname() {
+    async fn same_agent_gets_same_machine_and_keeps_its_hostname() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 1000).unwrap();
-        let first = store.enroll(enrollment("agent-a", "old"), 5000, at(0)).await.unwrap();
-        let second = store.enroll(enrollment("agent-a", "new"), 5000, at(1)).await.unwrap();
-        let other = store.enroll(enrollment("agent-b", "b"), 5000, at(2)).await.unwrap();
+        let first = store.enroll(enrollment("agent-a", "old"), 5000, at(0), Takeover::default()).await.unwrap();
+        let second = store.enroll(enrollment("agent-a", "new"), 5000, at(1), Takeover::default()).await.unwrap();
+        let other = store.enroll(enrollment("agent-b", "b"), 5000, at(2), Takeover::default()).await.unwrap();
         assert!(!second.created);
         assert_eq!(first.machine.id, second.machine.id);
-        assert_eq!(second.machine.hostname, "new");
+        assert_eq!(second.machine.hostname, "old", "an agent never renames its machine");
+        assert_eq!(second.ignored_hostname.as_deref(), Some("new"));
         assert_eq!(second.machine.enrolled_at, at(0));
         assert_ne!(other.machine.id, first.machine.id);
         assert_eq!(store.machines().await.unwrap().len(), 2);
@@ -604,8 +781,8 @@ mod tests {
     async fn history_is_bounded_per_machine() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 10).unwrap();
-        let a = store.enroll(enrollment("a", "a"), 5000, at(0)).await.unwrap().machine.id;
-        let b = store.enroll(enrollment("b", "b"), 5000, at(0)).await.unwrap().machine.id;
+        let a = store.enroll(enrollment("a", "a"), 5000, at(0), Takeover::default()).await.unwrap().machine.id;
+        let b = store.enroll(enrollment("b", "b"), 5000, at(0), Takeover::default()).await.unwrap().machine.id;
         for batch in 0..5 {
             let samples: Vec<Sample> = (0..7).map(|i| sample(f64::from(batch * 7 + i))).collect();
             store.record_samples(vec![write(&a, samples), write(&b, vec![sample(0.0)])]).await.unwrap();
@@ -648,7 +825,7 @@ mod tests {
     async fn inventory_change_ignores_collection_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 10).unwrap();
-        let id = store.enroll(enrollment("a", "a"), 5000, at(0)).await.unwrap().machine.id;
+        let id = store.enroll(enrollment("a", "a"), 5000, at(0), Takeover::default()).await.unwrap().machine.id;
         let inventory =
             Inventory { cpu_model: "x".into(), logical_cpus: 4, collected_at: Some(at(1)), ..Default::default() };
         assert!(store.put_inventory(&id, inventory.clone()).await.unwrap());
@@ -664,7 +841,7 @@ mod tests {
     async fn health_is_stored() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 10).unwrap();
-        let id = store.enroll(enrollment("a", "a"), 5000, at(0)).await.unwrap().machine.id;
+        let id = store.enroll(enrollment("a", "a"), 5000, at(0), Takeover::default()).await.unwrap().machine.id;
         store.set_health(&id, Health::Degraded, vec!["disk / 95% used".into()]).await.unwrap();
         let machine = store.machine(&id).await.unwrap().unwrap();
         assert_eq!((machine.health, machine.health_reasons), (Health::Degraded, vec!["disk / 95% used".to_string()]));

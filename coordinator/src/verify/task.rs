@@ -476,7 +476,7 @@ mod tests {
             mac_addresses: vec![mac.into()],
             agent_version: "t".into(),
         };
-        fleet.enroll(enrollment).await.unwrap().id
+        fleet.enroll(enrollment, crate::store::Takeover::default()).await.unwrap().id
     }
 
     /// The kinds of the next events on `events` until one of `last` kind arrives (with a deadline).
@@ -538,17 +538,34 @@ mod tests {
         let kinds = kinds_until(&mut events, kinds::MATCH_CONFLICT).await;
         assert_eq!(kinds.iter().filter(|k| *k == kinds::MATCH_CONFLICT).count(), 1);
 
-        // The agent comes back with the right hostname; a rematch is not needed for a first match.
-        let id = enroll(&fleet, "agent-1", "server1", "52:54:00:00:00:01").await;
+        // Enrolling again with the right hostname cannot rename it (an agent never renames its machine).
+        let same = enroll(&fleet, "agent-1", "server1", "52:54:00:00:00:01").await;
+        assert_eq!(same, id);
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().hostname, "server2");
+
+        // Another agent, whose MACs and name agree, is matched; a rematch is not needed for a first match.
+        store
+            .record_maas_poll(
+                vec![
+                    maas_machine("aaa", "server1", "52:54:00:00:00:01"),
+                    maas_machine("bbb", "server2", "52:54:00:00:00:02"),
+                    maas_machine("ccc", "server3", "52:54:00:00:00:03"),
+                ],
+                vec![],
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let id = enroll(&fleet, "agent-3", "server3", "52:54:00:00:00:03").await;
         handle.pass().await.unwrap();
-        assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("ccc"));
         // Its NIC is replaced (a MAC MAAS does not know): the match stays until an explicit rematch.
-        let id = enroll(&fleet, "agent-1", "server1", "52:54:00:00:99:99").await;
+        let id = enroll(&fleet, "agent-3", "server3", "52:54:00:00:99:99").await;
         handle.pass().await.unwrap();
-        assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
-        let rematched = handle.rematch("server1").await.unwrap();
-        assert_eq!(rematched.system_id.as_deref(), Some("aaa"));
-        assert_eq!(rematched.outcome, "matched to aaa again");
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("ccc"));
+        let rematched = handle.rematch("server3").await.unwrap();
+        assert_eq!(rematched.system_id.as_deref(), Some("ccc"));
+        assert_eq!(rematched.outcome, "matched to ccc again");
         stop.cancel();
     }
 }

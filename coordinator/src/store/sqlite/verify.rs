@@ -244,7 +244,7 @@ mod tests {
             mac_addresses: vec![],
             agent_version: "t".into(),
         };
-        let id = store.enroll(enrollment, 1000, at).await.unwrap().machine.id;
+        let id = store.enroll(enrollment, 1000, at, crate::store::Takeover::default()).await.unwrap().machine.id;
         store.set_system_id(&id, Some("aaa".into())).await.unwrap();
         assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
         assert!(matches!(store.set_system_id("nope", None).await, Err(StoreError::NoSuchMachine(_))));
