@@ -382,6 +382,8 @@ impl Connection<'_> {
         let connected_at = Instant::now();
         let broken = |error: String| SessionEnd::Disconnected { error, connected_for: connected_at.elapsed() };
         info!(machine_id = %id, "heartbeat stream open");
+        // Whatever the last stream sent and the coordinator did not acknowledge goes again.
+        lock(self.buffer).resend_all();
         if let Err(error) = self.flush(&id, &tx).await {
             return broken(error);
         }
@@ -585,12 +587,13 @@ impl Connection<'_> {
         }
     }
 
-    /// Sends everything buffered, oldest first, in messages of at most [`MAX_SAMPLES_PER_MESSAGE`].
+    /// Sends everything buffered that this stream has not carried yet, oldest first, in messages of at
+    /// most [`MAX_SAMPLES_PER_MESSAGE`]. Samples stay buffered until the coordinator acknowledges them.
     async fn flush(&self, machine_id: &str, tx: &mpsc::Sender<pb::HeartbeatRequest>) -> Result<(), String> {
         loop {
             let (batch, dropped) = {
                 let mut buffer = lock(self.buffer);
-                (buffer.take_batch(MAX_SAMPLES_PER_MESSAGE), buffer.take_dropped())
+                (buffer.next_batch(MAX_SAMPLES_PER_MESSAGE), buffer.take_dropped())
             };
             if batch.is_empty() && dropped == 0 {
                 return Ok(());
@@ -604,12 +607,24 @@ impl Connection<'_> {
             };
             debug!(samples = batch.len(), dropped, "sending heartbeat");
             if tx.send(request).await.is_err() {
-                // The stream is gone: keep the batch for the next connection.
-                let mut buffer = lock(self.buffer);
-                buffer.requeue_front(batch);
+                // The stream is gone: the batch is still buffered and goes out on the next connection.
                 return Err("the heartbeat stream closed while sending".into());
             }
         }
+    }
+
+    /// What the coordinator did with the samples: acknowledged ones leave the buffer, refused ones
+    /// too (with the reason in the log: they would be refused again).
+    fn acknowledged(&self, ack: pb::Ack) {
+        let pb::Ack { stored_through, refused } = ack;
+        let mut buffer = lock(self.buffer);
+        let stored = buffer.acknowledge(stored_through);
+        for refusal in &refused {
+            if buffer.refuse(refusal.seq) {
+                warn!(seq = refusal.seq, field = %refusal.field, reason = %refusal.reason, "the coordinator refused a sample; dropped it");
+            }
+        }
+        debug!(stored_through, stored, refused = refused.len(), buffered = buffer.len(), "acknowledged");
     }
 
     fn interval_ms(&self) -> u32 {
@@ -630,6 +645,7 @@ impl Connection<'_> {
                 info!(reason = %renew.reason, "coordinator asked for a certificate renewal");
                 self.renew_now.store(true, std::sync::atomic::Ordering::SeqCst);
             }
+            Some(pb::directive::Kind::Ack(ack)) => self.acknowledged(ack),
             Some(pb::directive::Kind::SendInventory(send)) => {
                 info!(reason = %send.reason, "coordinator asked for the inventory");
                 let inventory = self.collect_inventory().await;

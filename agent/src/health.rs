@@ -15,6 +15,10 @@ use crate::timefmt::serde_rfc3339;
 /// One health sample. Serialized for `agent sample --output json` and for the persisted buffer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthSample {
+    /// The buffer's sequence number (see [`crate::buffer`]); the coordinator acknowledges samples by it.
+    /// 0 until the sample enters the buffer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
     #[serde(with = "serde_rfc3339")]
     pub taken_at: SystemTime,
     pub cpu_percent: f64,
@@ -126,6 +130,7 @@ impl Sampler {
             .collect();
 
         HealthSample {
+            seq: 0,
             taken_at: SystemTime::now(),
             cpu_percent: f64::from(self.system.global_cpu_usage()),
             load1: load.one,
@@ -189,6 +194,10 @@ pub fn real_filesystems(mounts: impl Iterator<Item = FilesystemUsage>) -> Vec<Fi
     candidates.retain(|fs| seen.insert(fs.device.clone()));
     candidates.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
     candidates
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[cfg(test)]

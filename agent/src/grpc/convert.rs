@@ -129,8 +129,10 @@ impl From<&HealthSample> for pb::HealthSample {
             networks,
             uptime_seconds,
             logical_cpus,
+            seq,
         } = sample;
         pb::HealthSample {
+            seq: *seq,
             taken_at: Some(timestamp(*taken_at)),
             cpu_percent: *cpu_percent,
             load1: *load1,
@@ -189,10 +191,12 @@ impl TryFrom<pb::HealthSample> for HealthSample {
             networks,
             uptime_seconds,
             logical_cpus,
+            seq,
         } = sample;
         let taken_at = SystemTime::try_from(taken_at.ok_or(ConvertError::MissingTakenAt)?)
             .map_err(|_| ConvertError::BadTimestamp)?;
         Ok(HealthSample {
+            seq,
             taken_at,
             cpu_percent,
             load1,

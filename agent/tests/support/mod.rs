@@ -88,7 +88,19 @@ impl AgentService for Fake {
                         }
                     }
                     message = inbound.message() => match message {
-                        Ok(Some(heartbeat)) => { let _ = events.send(Event::Heartbeat(heartbeat)); }
+                        Ok(Some(heartbeat)) => {
+                            // Like the real coordinator: acknowledge what arrived (this fake stores at once).
+                            if let Some(seq) = heartbeat.samples.iter().map(|s| s.seq).max() {
+                                let ack = pb::Directive {
+                                    kind: Some(pb::directive::Kind::Ack(pb::Ack { stored_through: seq, refused: vec![] })),
+                                    issued_at: None,
+                                };
+                                if tx.send(Ok(ack)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = events.send(Event::Heartbeat(heartbeat));
+                        }
                         _ => break,
                     },
                 }
