@@ -52,8 +52,8 @@ pub enum ServeError {
     #[error(transparent)]
     Poller(#[from] crate::poller::StartError),
     #[error(
-        "the store {store} is {why}, but the state directory already holds this coordinator's CA ({ca}): \
-         its machines, certificates, revocations and operators would be lost; restore the store from a backup \
+        "the store {store} is {why}, but a coordinator has run in this state directory: \
+         its machines, certificates, revocations and operators would be lost (found {ca}); restore the store from a backup \
          (`coordinator restore BACKUP_DIR --state-dir {state_dir}`), or start with an empty store on purpose \
          with `coordinator serve --new-store`"
     )]
@@ -67,11 +67,12 @@ pub enum ServeError {
 /// # Errors
 /// [`ServeError::StoreMissing`], or the store file cannot be read.
 pub fn guard_store(state_dir: &std::path::Path, new_store: bool) -> Result<(), ServeError> {
-    let ca = state_dir.join(pki::CA_CERT);
+    // A coordinator has run here when its CA (TLS) or its client.toml (any mode) exists.
+    let ca = [state_dir.join(pki::CA_CERT), state_dir.join(client_config::FILE_NAME)].into_iter().find(|p| p.exists());
     let store = state_dir.join(crate::store::sqlite::FILE_NAME);
-    if new_store || !ca.exists() {
+    let Some(ca) = ca.filter(|_| !new_store) else {
         return Ok(());
-    }
+    };
     let why = if !store.exists() {
         "missing"
     } else if !SqliteStore::has_schema(state_dir)? {

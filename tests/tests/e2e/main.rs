@@ -5,6 +5,7 @@
 
 mod demo;
 mod foundation;
+mod hostile;
 mod lab;
 mod lab_netns;
 mod maas;
