@@ -409,6 +409,30 @@ pub fn event_line(event: &Event) -> String {
     format!("{}  {:<16} {:<15} {}", rfc3339(event.at), event.hostname, event.kind, event.message)
 }
 
+/// The coordinator's own condition in `fleetctl status --output json`: `{"health": "healthy"}` or
+/// `{"health": "degraded", "since": ..., "reasons": [...]}`.
+pub fn coordinator_json(degraded: Option<&crate::grpc::client::Degraded>) -> Value {
+    match degraded {
+        None => serde_json::json!({ "health": "healthy" }),
+        Some(d) => serde_json::json!({
+            "health": "degraded",
+            "since": d.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "reasons": d.reasons,
+        }),
+    }
+}
+
+/// The line `fleetctl status` prints above its table while the coordinator is degraded.
+pub fn degraded_banner(degraded: Option<&crate::grpc::client::Degraded>) -> Option<String> {
+    let d = degraded?;
+    let since =
+        d.since.map(|t| format!(" since {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))).unwrap_or_default();
+    Some(format!(
+        "COORDINATOR DEGRADED{since}: {}\nAgents keep their samples until the store writes again; what follows may be behind.\n",
+        d.reasons.join("; ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

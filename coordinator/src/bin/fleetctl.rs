@@ -393,12 +393,17 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
 }
 
 async fn status(client: &FleetClient, json: bool, check: bool) -> Result<i32, CliError> {
-    let machines = client.list_machines().await?;
+    let (machines, degraded) = client.fleet_status().await?;
     // The lost-node verdicts; an older coordinator without VerifyService gives none.
     let verdicts = client.node_verdicts().await?;
     if json {
-        print_json(&cli::verify::status_document(&machines, &verdicts))?;
+        let mut document = cli::verify::status_document(&machines, &verdicts);
+        document["coordinator"] = cli::coordinator_json(degraded.as_ref());
+        print_json(&document)?;
     } else {
+        if let Some(banner) = cli::degraded_banner(degraded.as_ref()) {
+            print(&banner)?;
+        }
         print(&cli::verify::status_table(&machines, &verdicts, chrono::Utc::now()))?;
     }
     Ok(if check { cli::status_exit_code(&machines) } else { exit::OK })

@@ -192,6 +192,21 @@ impl FleetClient {
         Ok(response.machines.into_iter().map(convert::machine).collect())
     }
 
+    /// The machines with the coordinator's own condition: `Some((since, reasons))` while it is degraded
+    /// (its store cannot write, so what it shows may be behind).
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn fleet_status(&self) -> Result<(Vec<MachineView>, Option<Degraded>), ClientError> {
+        let mut client = self.inner.clone();
+        let response = self.unary(client.list_machines(pb::ListMachinesRequest {})).await?;
+        let degraded = response
+            .coordinator
+            .filter(|c| c.degraded)
+            .map(|c| Degraded { since: convert::time(c.since), reasons: c.reasons });
+        Ok((response.machines.into_iter().map(convert::machine).collect(), degraded))
+    }
+
     /// # Errors
     /// See [`ClientError`]; an unknown name is a `NOT_FOUND` status.
     pub async fn machine(&self, name: &str, history: u32) -> Result<MachineView, ClientError> {
@@ -234,4 +249,11 @@ impl FleetClient {
         let url = self.url.clone();
         Ok(stream.map(move |item| item.map(convert::event).map_err(|status| ClientError::from_status(&url, status))))
     }
+}
+
+/// The coordinator says it is degraded (see [`FleetClient::fleet_status`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Degraded {
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub reasons: Vec<String>,
 }

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use metalfleet_tests::{Proc, bin, run, stderr, stdout};
 use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use proto::v1::fleet_service_client::FleetServiceClient;
-use metalfleet_tests::{Proc, bin, run, stderr, stdout};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -411,7 +411,7 @@ fn a_full_disk_degrades_the_coordinator_and_loses_no_acknowledged_sample() -> Re
             ensure!(Instant::now() < deadline, "no acknowledgements within {START:?}");
             tick.tick().await;
             ticks += 1;
-            step(&mut agents, ticks % 20 == 0).await?;
+            step(&mut agents, ticks.is_multiple_of(20)).await?;
         }
         // The disk fills up: the coordinator turns degraded and acknowledgements stop.
         let filler = dir.path().join("state/filler");
@@ -420,7 +420,7 @@ fn a_full_disk_degrades_the_coordinator_and_loses_no_acknowledged_sample() -> Re
         loop {
             tick.tick().await;
             ticks += 1;
-            step(&mut agents, ticks % 20 == 0).await?;
+            step(&mut agents, ticks.is_multiple_of(20)).await?;
             if coordinator.degraded().await? {
                 break;
             }
@@ -433,11 +433,14 @@ fn a_full_disk_degrades_the_coordinator_and_loses_no_acknowledged_sample() -> Re
         for _ in 0..40 {
             tick.tick().await;
             ticks += 1;
-            step(&mut agents, ticks % 20 == 0).await?;
+            step(&mut agents, ticks.is_multiple_of(20)).await?;
         }
         for (agent, (acks, through)) in agents.iter().zip(acks_then.iter().zip(&through_then)) {
             assert!(agent.ack_count() <= acks + 1, "acknowledgements go on with a full disk");
-            assert!(agent.stored_through() < agent.next_seq - 30, "recent samples acknowledged on a full disk (was {through})");
+            assert!(
+                agent.stored_through() < agent.next_seq - 30,
+                "recent samples acknowledged on a full disk (was {through})"
+            );
         }
         let status = coordinator.fleetctl_json(&["status", "--output", "json"])?;
         assert!(status.to_string().contains("degraded"), "status shows the coordinator degraded: {status}");
@@ -448,7 +451,7 @@ fn a_full_disk_degrades_the_coordinator_and_loses_no_acknowledged_sample() -> Re
         loop {
             tick.tick().await;
             ticks += 1;
-            step(&mut agents, ticks % 20 == 0).await?;
+            step(&mut agents, ticks.is_multiple_of(20)).await?;
             if !coordinator.degraded().await? {
                 break;
             }
