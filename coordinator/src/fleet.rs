@@ -281,6 +281,13 @@ impl Fleet {
         }
     }
 
+    /// Notes a machine's new name (already stored by the caller: MAAS's hostname after a match).
+    pub fn set_hostname(&self, machine_id: &str, hostname: &str) {
+        if let Some(live) = self.lock().get_mut(machine_id) {
+            live.machine.hostname = hostname.to_string();
+        }
+    }
+
     /// Records a heartbeat: liveness now, the samples, and the health they imply. Once the samples are
     /// committed, `ack` is raised to the highest `seq` among them (never before: an acknowledged
     /// sample survives a crash right after).

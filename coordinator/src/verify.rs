@@ -36,6 +36,8 @@ pub mod kinds {
     pub const BASELINE_ACCEPTED: &str = "spec_baseline_accepted";
     pub const MATCHED: &str = "maas_matched";
     pub const MATCH_CONFLICT: &str = "maas_match_conflict";
+    /// A matched machine took its MAAS hostname.
+    pub const RENAMED: &str = "renamed_from_maas";
     pub const NODE_VERDICT: &str = "node_verdict_changed";
 }
 
@@ -140,6 +142,9 @@ pub trait VerifyStore: Send + Sync {
     async fn baselines(&self) -> Result<Vec<Baseline>, StoreError>;
     /// Sets `machines.system_id` (the agent-to-MAAS match); `None` clears it.
     async fn set_system_id(&self, machine_id: &str, system_id: Option<String>) -> Result<(), StoreError>;
+    /// Renames a matched machine to its MAAS hostname (MAAS is authoritative once matched); false when
+    /// another machine holds that name (hostnames stay unique), and nothing changes.
+    async fn rename_machine(&self, machine_id: &str, hostname: &str) -> Result<bool, StoreError>;
     /// The last overall verdict per row key (see [`MachineReport::key`]).
     async fn last_verdicts(&self) -> Result<HashMap<String, Verdict>, StoreError>;
     async fn set_last_verdict(&self, key: &str, verdict: Verdict, at: DateTime<Utc>) -> Result<(), StoreError>;

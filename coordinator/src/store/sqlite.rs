@@ -471,12 +471,11 @@ impl Store for SqliteStore {
                             tx.execute(
                                 "INSERT INTO machines (id, agent_id, hostname, system_id, macs, agent_version, enrolled_at,
                                                        last_seen, heartbeat_interval_ms, health, health_reasons)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, '[]')",
+                                 VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, NULL, ?7, ?8, '[]')",
                                 params![
                                     id,
                                     enrollment.agent_id,
                                     enrollment.hostname,
-                                    takeover.system_id,
                                     macs,
                                     enrollment.agent_version,
                                     time_text(now),

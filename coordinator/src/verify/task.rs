@@ -293,6 +293,30 @@ impl VerifyHandle {
             match outcome {
                 Outcome::Matched { system_id, by, .. } => {
                     state.conflicts.remove(&agent.id);
+                    // Once matched, MAAS's hostname is the machine's name (an agent never renames it).
+                    if let Some(maas) = inputs.maas.iter().find(|m| m.system_id == system_id)
+                        && !maas.hostname.is_empty()
+                        && maas.hostname != agent.hostname
+                    {
+                        let old = agent.hostname.clone();
+                        if self.inner.store.rename_machine(&agent.id, &maas.hostname).await? {
+                            self.inner.fleet.set_hostname(&agent.id, &maas.hostname);
+                            agent.hostname = maas.hostname.clone();
+                            let message =
+                                format!("{old} is called {} in MAAS (machine {system_id}); renamed", maas.hostname);
+                            tracing::info!(machine_id = %agent.id, "{message}");
+                            self.emit(&agent.id, &agent.hostname, kinds::RENAMED, message);
+                        } else if state.conflicts.get(&agent.id).is_none() {
+                            let message = format!(
+                                "{old} is called {} in MAAS (machine {system_id}), but another machine has that name; \
+                                 `fleetctl machines forget` the stale one",
+                                maas.hostname
+                            );
+                            tracing::warn!(machine_id = %agent.id, "{message}");
+                            self.emit(&agent.id, &agent.hostname, kinds::MATCH_CONFLICT, message.clone());
+                            state.conflicts.insert(agent.id.clone(), message);
+                        }
+                    }
                     if agent.system_id.as_deref() == Some(system_id.as_str()) {
                         continue;
                     }
@@ -566,6 +590,30 @@ mod tests {
         let rematched = handle.rematch("server3").await.unwrap();
         assert_eq!(rematched.system_id.as_deref(), Some("ccc"));
         assert_eq!(rematched.outcome, "matched to ccc again");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_matched_machine_takes_its_maas_hostname_unless_another_machine_has_it() {
+        let (_dir, store, fleet, handle, stop) = setup().await;
+        let mut events = fleet.subscribe();
+        let machines = vec![
+            maas_machine("aaa", "server1", "52:54:00:00:00:01"),
+            maas_machine("bbb", "server2", "52:54:00:00:00:02"),
+        ];
+        store.record_maas_poll(machines, vec![], Utc::now()).await.unwrap();
+        // The agent reports its FQDN; MAAS calls the machine server1.
+        let id = enroll(&fleet, "agent-1", "server1.lab.example", "52:54:00:00:00:01").await;
+        handle.pass().await.unwrap();
+        assert_eq!(store.machine(&id).await.unwrap().unwrap().hostname, "server1");
+        assert_eq!(fleet.machine("server1", 0).await.unwrap().machine.id, id, "lookups by the new name work");
+        kinds_until(&mut events, kinds::RENAMED).await;
+        // A stale machine holds server2: the match is made, the name is not taken from it.
+        let stale = enroll(&fleet, "agent-old", "server2", "52:54:00:00:00:99").await;
+        let id2 = enroll(&fleet, "agent-2", "server2.lab.example", "52:54:00:00:00:02").await;
+        handle.pass().await.unwrap();
+        assert_eq!(store.machine(&id2).await.unwrap().unwrap().hostname, "server2.lab.example");
+        assert_eq!(store.machine(&stale).await.unwrap().unwrap().hostname, "server2");
         stop.cancel();
     }
 }

@@ -533,3 +533,26 @@ fn a_store_deleted_under_the_coordinator_stops_acknowledgements_and_blocks_the_r
     fresh.wait_listening(START)?;
     Ok(())
 }
+
+#[test]
+fn an_acknowledged_sample_survives_a_sigkill_right_after_its_acknowledgement() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let mut coordinator = Coordinator::start(dir.path(), &state)?;
+    let (machine_id, through) = runtime()?.block_on(async {
+        let mut agent = RawAgent::enroll(&coordinator.url(), "kill-1", "kill1").await?;
+        let samples: Vec<pb::HealthSample> = (0..50).map(|_| agent.sample(|_| {})).collect();
+        agent.send(samples).await?;
+        wait_for("the acknowledgement of all 50", START, || {
+            let done = agent.stored_through() >= 50;
+            async move { Ok(done.then_some(())) }
+        })
+        .await?;
+        Ok::<_, anyhow::Error>((agent.machine_id.clone(), agent.stored_through()))
+    })?;
+    coordinator.proc.kill()?;
+    let coordinator = Coordinator::start_with(&state, &coordinator.config)?;
+    let stored = runtime()?.block_on(coordinator.stored_seqs(&machine_id))?;
+    assert_eq!(stored, (1..=through).collect::<BTreeSet<u64>>(), "every acknowledged sample survived the SIGKILL");
+    Ok(())
+}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
 use super::{SqliteStore, parse_json, parse_time, time_text, to_json};
 use crate::store::StoreError;
@@ -152,6 +152,29 @@ impl VerifyStore for SqliteStore {
                 return Err(StoreError::NoSuchMachine(machine_id));
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn rename_machine(&self, machine_id: &str, hostname: &str) -> Result<bool, StoreError> {
+        let (machine_id, hostname) = (machine_id.to_string(), hostname.to_string());
+        self.write(move |writer, _| {
+            let tx = writer.conn.transaction()?;
+            let taken: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM machines WHERE hostname = ?1 AND id != ?2",
+                    params![hostname, machine_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if taken.is_some() {
+                return Ok(false);
+            }
+            if tx.execute("UPDATE machines SET hostname = ?2 WHERE id = ?1", params![machine_id, hostname])? == 0 {
+                return Err(StoreError::NoSuchMachine(machine_id));
+            }
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
