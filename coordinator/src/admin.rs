@@ -80,7 +80,7 @@ pub fn router_cert_issue(state_dir: &Path, out: &Path, sans: &[String]) -> i32 {
             println!("# after `coordinator ca retire-old`, run `coordinator router-cert issue` again");
             exit::OK
         }
-        Err(error @ (RouterCertError::NoSans | RouterCertError::BadSan(_))) => {
+        Err(error @ (RouterCertError::NoSans | RouterCertError::BadSan { .. })) => {
             eprintln!("error: {error}");
             exit::USAGE
         }

@@ -41,8 +41,8 @@ pub const SHIM_CA: &str = "ca.pem";
 pub enum RouterCertError {
     #[error("give at least one --san (the name or address the coordinator uses in `[router] shim`)")]
     NoSans,
-    #[error("--san {0:?} is not a DNS name or IP address")]
-    BadSan(String),
+    #[error("--san {san:?} {reason}; each --san is a DNS name or an IP address")]
+    BadSan { san: String, reason: &'static str },
     #[error(transparent)]
     Issue(#[from] IssueError),
     #[error("cannot write {}: {message}; check the directory's permissions", .path.display())]
@@ -89,6 +89,9 @@ pub struct ClientIdentity {
 pub fn issue(state_dir: &Path, out: &Path, sans: &[String]) -> Result<Issued, RouterCertError> {
     if sans.is_empty() {
         return Err(RouterCertError::NoSans);
+    }
+    for san in sans {
+        crate::pki::check_san(san).map_err(|reason| RouterCertError::BadSan { san: san.clone(), reason })?;
     }
     let (ca_pem, ca_key) = enroll::load_ca(state_dir)?;
     let (server_pem, server_key) = server_cert(&ca_pem, &ca_key, sans)?;
@@ -157,9 +160,9 @@ fn server_cert(ca_pem: &str, ca_key: &Secret, sans: &[String]) -> Result<(String
     for san in sans {
         let parsed = match san.parse::<std::net::IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
-            Err(_) => rcgen::SanType::DnsName(
-                san.clone().try_into().map_err(|_: rcgen::Error| RouterCertError::BadSan(san.clone()))?,
-            ),
+            Err(_) => rcgen::SanType::DnsName(san.clone().try_into().map_err(|_: rcgen::Error| {
+                RouterCertError::BadSan { san: san.clone(), reason: "is not a DNS name rcgen accepts" }
+            })?),
         };
         params.subject_alt_names.push(parsed);
     }
@@ -242,5 +245,19 @@ mod tests {
         assert!(matches!(only_cert, Err(RouterCertError::Missing(_))));
         std::fs::set_permissions(&issued.client_key, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(client_identity(&state, None, None), Err(RouterCertError::Secret(_))));
+    }
+
+    #[test]
+    fn bad_sans_are_refused_by_name_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        for (san, reason) in [("", "is empty"), ("https://router", "is a URL"), ("router lab", "contains whitespace")] {
+            let sans = ["router.lab".to_string(), san.to_string()];
+            let error = issue(dir.path(), &out, &sans).unwrap_err();
+            assert!(matches!(error, RouterCertError::BadSan { .. }), "{error}");
+            let text = error.to_string();
+            assert!(text.starts_with(&format!("--san {san:?} {reason}")), "{text}");
+        }
+        assert!(!out.exists(), "nothing is written for a refused name");
     }
 }
