@@ -81,18 +81,27 @@ pub struct ClientIdentity {
     pub key_pem: Secret,
 }
 
-/// Issues the shim's server certificate (for `sans`) and the coordinator's client certificate, both from
-/// the coordinator's signing CA. The shim gets the full trust bundle (both CAs during a rotation).
+/// Refuses an empty list and every name that is not an IP address or a DNS name ([`crate::pki::check_san`]).
 ///
 /// # Errors
-/// No or bad names, an unreadable CA, or a file that cannot be written.
-pub fn issue(state_dir: &Path, out: &Path, sans: &[String]) -> Result<Issued, RouterCertError> {
+/// [`RouterCertError::NoSans`] or [`RouterCertError::BadSan`], both usage errors.
+pub fn check_sans(sans: &[String]) -> Result<(), RouterCertError> {
     if sans.is_empty() {
         return Err(RouterCertError::NoSans);
     }
     for san in sans {
         crate::pki::check_san(san).map_err(|reason| RouterCertError::BadSan { san: san.clone(), reason })?;
     }
+    Ok(())
+}
+
+/// Issues the shim's server certificate (for `sans`) and the coordinator's client certificate, both from
+/// the coordinator's signing CA. The shim gets the full trust bundle (both CAs during a rotation).
+///
+/// # Errors
+/// No or bad names, an unreadable CA, or a file that cannot be written.
+pub fn issue(state_dir: &Path, out: &Path, sans: &[String]) -> Result<Issued, RouterCertError> {
+    check_sans(sans)?;
     let (ca_pem, ca_key) = enroll::load_ca(state_dir)?;
     let (server_pem, server_key) = server_cert(&ca_pem, &ca_key, sans)?;
     let (client, client_key) = enroll::issue_client_cert(
