@@ -9,6 +9,7 @@ mod proptests;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use metalfleet_common::config::bounds::{Origins, Problems, SourceFile, limits};
 use metalfleet_common::config::{self as common_config, Env};
 use serde::Deserialize;
 
@@ -87,16 +88,42 @@ fn default_rpc_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// Bounds of the agent's keys, documented in `deploy/agent.example.toml`.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// A million samples is 116 days at the default interval; the memory budget caps the buffer too.
+const MAX_BUFFER_SAMPLES: usize = 1_000_000;
+/// Below this the agent cannot even start; above it the "budget" no longer guards anything on a server.
+const MIN_MEMORY_BUDGET: u64 = 4 << 20;
+const MAX_MEMORY_BUDGET: u64 = 16 << 30;
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest DNS name, and so the longest hostname an agent can enroll with.
+const MAX_HOSTNAME_LEN: usize = 253;
+
 impl Config {
     /// Reads the `--config` file (if any), then `env`, then `args`.
     pub fn load(args: &RunArgs, env: &dyn Env) -> Result<Config, ConfigError> {
-        let file = args.config.as_deref().map(common_config::load::<FileConfig>).transpose()?;
-        Config::from_sources(file, env, args)
+        let source = args.config.as_deref().map(SourceFile::read).transpose()?;
+        let file = source.as_ref().map(SourceFile::parse::<FileConfig>).transpose()?;
+        Config::from_file_sources(file, source, env, args)
     }
 
     /// Merges the sources (file < env < flags) and validates the result, reporting every problem at once.
     pub fn from_sources(file: Option<FileConfig>, env: &dyn Env, args: &RunArgs) -> Result<Config, ConfigError> {
+        Config::from_file_sources(file, None, env, args)
+    }
+
+    /// [`Config::from_sources`] with the file's text, so a value out of bounds is named by its line.
+    fn from_file_sources(
+        file: Option<FileConfig>,
+        source: Option<SourceFile>,
+        env: &dyn Env,
+        args: &RunArgs,
+    ) -> Result<Config, ConfigError> {
+        common_config::reject_empty(env)?;
         let file = file.unwrap_or_default();
+        let mut origins = Origins::new(source);
         let mut problems = Vec::new();
         let mut env_value = |name: &str, parse: &dyn Fn(&str) -> Result<(), String>| -> Option<String> {
             let raw = env.var(name)?;
@@ -120,6 +147,19 @@ impl Config {
             env_value("METALFLEET_INSECURE", &|raw| parse_bool(raw).map(|_| ())).and_then(|raw| parse_bool(&raw).ok());
         let env_hide_disks = env_value("METALFLEET_HIDE_DISKS", &any).map(|raw| split_list(&raw));
 
+        for (key, flag, from_env, var) in [
+            ("state_dir", args.state_dir.is_some(), env_state_dir.is_some(), "METALFLEET_STATE_DIR"),
+            ("hostname", args.hostname.is_some(), env_hostname.is_some(), "METALFLEET_HOSTNAME"),
+            ("interval", args.interval.is_some(), env_interval.is_some(), "METALFLEET_INTERVAL"),
+            ("token_file", args.token_file.is_some(), env_token_file.is_some(), "METALFLEET_TOKEN_FILE"),
+            ("hide_disks", false, env_hide_disks.is_some(), "METALFLEET_HIDE_DISKS"),
+        ] {
+            if flag {
+                origins.set_by(key, format!("flag --{}", key.replace('_', "-")));
+            } else if from_env {
+                origins.set_by(key, format!("environment variable {var}"));
+            }
+        }
         let insecure = args.insecure || env_insecure.or(file.insecure).unwrap_or(false);
         let coordinator_raw = args.coordinator.clone().or(env_coordinator).or(file.coordinator);
         let ca_file = args.ca_file.clone().or(env_ca_file).or(file.ca_file);
@@ -139,11 +179,44 @@ impl Config {
             rpc_timeout: file.rpc_timeout.unwrap_or_else(default_rpc_timeout),
             dry_run: args.dry_run,
         };
-        config.validate(coordinator_raw, problems)
+        config.finish(coordinator_raw, &origins, problems)
     }
 
-    /// Checks the rules that span fields and reads the CA file.
-    fn validate(mut self, coordinator: Option<String>, mut problems: Vec<String>) -> Result<Config, ConfigError> {
+    /// Checks every value against its bounds, reporting each problem by key.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.not_blank("state_dir", &self.state_dir.to_string_lossy());
+        if let Some(path) = &self.token_file {
+            problems.not_blank("token_file", &path.to_string_lossy());
+        }
+        if let Some(hostname) = &self.hostname {
+            if hostname.trim().is_empty() {
+                problems.push("hostname", "is empty; remove it to use the OS hostname");
+            } else if hostname.len() > MAX_HOSTNAME_LEN {
+                problems.push("hostname", format!("is {} characters long; at most {MAX_HOSTNAME_LEN}", hostname.len()));
+            }
+        }
+        problems.duration("interval", self.interval, MIN_INTERVAL..=MAX_INTERVAL);
+        problems.number("buffer_samples", self.buffer_samples, 1..=MAX_BUFFER_SAMPLES);
+        problems.size("memory_budget", self.memory_budget, MIN_MEMORY_BUDGET..=MAX_MEMORY_BUDGET);
+        problems.duration("connect_timeout", self.connect_timeout, limits::MIN_TIMEOUT..=MAX_CONNECT_TIMEOUT);
+        problems.duration("rpc_timeout", self.rpc_timeout, limits::MIN_TIMEOUT..=MAX_RPC_TIMEOUT);
+        if self.hide_disks.len() > limits::MAX_LIST {
+            problems.push("hide_disks", format!("has {} entries; at most {}", self.hide_disks.len(), limits::MAX_LIST));
+        }
+        for (index, disk) in self.hide_disks.iter().enumerate() {
+            if disk.trim().is_empty() {
+                problems.push_entry("hide_disks", index, "must not be empty");
+            }
+        }
+    }
+
+    /// Checks the bounds and the rules that span fields, and reads the CA file.
+    fn finish(
+        mut self,
+        coordinator: Option<String>,
+        origins: &Origins,
+        mut problems: Vec<String>,
+    ) -> Result<Config, ConfigError> {
         match coordinator {
             Some(raw) => match endpoint_url(&raw, self.insecure) {
                 Ok(url) => self.coordinator = Some(url),
@@ -167,22 +240,9 @@ impl Config {
                 },
             }
         }
-        if self.interval < Duration::from_millis(100) {
-            problems.push(format!("interval {:?} is too short; use at least 100ms", self.interval));
-        }
-        if self.buffer_samples == 0 {
-            problems.push("buffer_samples must be at least 1".into());
-        }
-        if self.memory_budget < 4 * 1024 * 1024 {
-            problems
-                .push(format!("memory_budget {} bytes is below the 4MiB the agent needs to start", self.memory_budget));
-        }
-        if self.connect_timeout.is_zero() || self.rpc_timeout.is_zero() {
-            problems.push("connect_timeout and rpc_timeout must be above zero".into());
-        }
-        if self.hostname.as_deref().is_some_and(|h| h.trim().is_empty()) {
-            problems.push("hostname is empty; remove it to use the OS hostname".into());
-        }
+        let mut bounds = Problems::new();
+        self.validate(&mut bounds);
+        problems.extend(bounds.into_vec().into_iter().map(|problem| origins.locate(problem).to_string()));
         if problems.is_empty() { Ok(self) } else { Err(ConfigError::Invalid(problems)) }
     }
 
@@ -199,6 +259,7 @@ impl Config {
 
 /// The `hide_disks` list for `agent inventory`: from the optional config file, or `METALFLEET_HIDE_DISKS`.
 pub fn hide_disks_for_inventory(config: Option<&Path>, env: &dyn Env) -> Result<Vec<String>, ConfigError> {
+    common_config::reject_empty(env)?;
     if let Some(raw) = env.var("METALFLEET_HIDE_DISKS") {
         return Ok(split_list(&raw));
     }
@@ -384,6 +445,90 @@ mod tests {
         let config = Config::from_sources(None, &env(&[]), &args).unwrap();
         assert_eq!(config.coordinator.as_deref(), Some("https://c:1"));
         assert!(config.ca_pem.is_some());
+    }
+
+    /// Loads `text` as the `--config` file `/etc/agent.toml` (plaintext, so no CA is needed) and compares the
+    /// whole error with `expected`.
+    fn check(text: &str, env_pairs: &[(&str, &str)], expected: &str) {
+        let source = SourceFile { path: PathBuf::from("/etc/agent.toml"), text: text.to_string() };
+        let parsed = source.parse::<FileConfig>().unwrap();
+        let args = RunArgs { coordinator: Some("main:7443".into()), ..insecure_args() };
+        let error = Config::from_file_sources(Some(parsed), Some(source), &env(env_pairs), &args).unwrap_err();
+        assert_eq!(error.to_string(), expected, "for {text:?}");
+    }
+
+    #[test]
+    fn huge_sizes_and_counts_name_line_and_key() {
+        check(
+            "buffer_samples = 9223372036854775807\n",
+            &[],
+            "invalid configuration:\n  /etc/agent.toml:1:18: key `buffer_samples`: 9223372036854775807 is out of \
+             range; use 1 to 1000000",
+        );
+        check(
+            "interval = \"1s\"\nmemory_budget = \"1024GiB\"\n",
+            &[],
+            "invalid configuration:\n  /etc/agent.toml:2:17: key `memory_budget`: 1099511627776 bytes (1 TiB) is out \
+             of range; use 4194304 to 17179869184 bytes (4 MiB to 16 GiB)",
+        );
+        check(
+            "buffer_samples = 0\n",
+            &[],
+            "invalid configuration:\n  /etc/agent.toml:1:18: key `buffer_samples`: 0 is out of range; use 1 to 1000000",
+        );
+    }
+
+    #[test]
+    fn zero_and_sub_millisecond_durations_name_line_and_key() {
+        check(
+            "interval = \"500us\"\nrpc_timeout = \"0s\"\n",
+            &[],
+            "invalid configuration:\n  /etc/agent.toml:1:12: key `interval`: 500us is out of range; use 100ms to 1h\n  \
+             /etc/agent.toml:2:15: key `rpc_timeout`: 0s is out of range; use 10ms to 1h",
+        );
+        check(
+            "connect_timeout = \"1day\"\n",
+            &[],
+            "invalid configuration:\n  /etc/agent.toml:1:19: key `connect_timeout`: 1day is out of range; use 10ms to 5m",
+        );
+    }
+
+    #[test]
+    fn values_from_variables_and_flags_name_them() {
+        check(
+            "interval = \"10s\"\n",
+            &[("METALFLEET_INTERVAL", "1ms")],
+            "invalid configuration:\n  environment variable METALFLEET_INTERVAL (key `interval`): 1ms is out of \
+             range; use 100ms to 1h",
+        );
+        let args = RunArgs { interval: Some(Duration::from_millis(1)), dry_run: true, ..RunArgs::default() };
+        let error = Config::from_sources(None, &env(&[]), &args).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration:\n  flag --interval (key `interval`): 1ms is out of range; use 100ms to 1h"
+        );
+    }
+
+    #[test]
+    fn empty_environment_variables_are_named() {
+        let args = RunArgs { dry_run: true, ..RunArgs::default() };
+        let error = Config::from_sources(None, &env(&[("METALFLEET_STATE_DIR", "")]), &args).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "environment variable METALFLEET_STATE_DIR: is set but empty; unset it or give it a value"
+        );
+        let error = hide_disks_for_inventory(None, &env(&[("METALFLEET_HIDE_DISKS", "")])).unwrap_err();
+        assert!(error.to_string().contains("METALFLEET_HIDE_DISKS"), "{error}");
+    }
+
+    #[test]
+    fn blank_names_are_refused_by_entry() {
+        check(
+            "hide_disks = [\"sdb\", \" \"]\nhostname = \"\"\n",
+            &[],
+            "invalid configuration:\n  /etc/agent.toml:2:12: key `hostname`: is empty; remove it to use the OS \
+             hostname\n  /etc/agent.toml:1:22: key `hide_disks[1]`: must not be empty",
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Every binary has one `Config` with `#[serde(deny_unknown_fields)]`; this module turns
 //! serde's complaint into `FILE:LINE:COLUMN: key `a.b`: what is wrong`, and gives each
 //! binary one way to read `METALFLEET_*` variables that tests can replace.
+//! [`bounds`] does the same for values that parse but are out of bounds.
 
+pub mod bounds;
 #[cfg(test)]
 mod proptests;
 
@@ -25,6 +27,12 @@ pub enum Error {
     Invalid { path: PathBuf, line: usize, column: usize, key: Option<String>, message: String },
     #[error("{source_name}: {message}")]
     Value { source_name: String, message: String },
+    /// A key whose value is not written in the file (a default that does not fit a value that is).
+    #[error("{path_part}key `{key}`: {message}", path_part = path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Key { path: Option<PathBuf>, key: String, message: String },
+    /// More than one problem, each on its own line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<Error>),
 }
 
 impl Error {
@@ -55,9 +63,16 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Error> {
     })
 }
 
+/// The prefix of every variable metalfleet reads; [`reject_empty`] checks all of them.
+pub const ENV_PREFIX: &str = "METALFLEET_";
+
 /// Where `METALFLEET_*` settings come from: the process environment in production, a map in tests.
 pub trait Env {
+    /// The variable's value; `None` when it is unset or blank. Call [`reject_empty`] first, so that a blank
+    /// `METALFLEET_*` variable is an error rather than silently meaning "unset".
     fn var(&self, name: &str) -> Option<String>;
+    /// The `METALFLEET_*` variables that are set but empty (or only whitespace), sorted.
+    fn blank_vars(&self) -> Vec<String>;
 }
 
 /// The real process environment.
@@ -66,13 +81,55 @@ pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+
+    fn blank_vars(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, value)| {
+                let name = name.into_string().ok()?;
+                let blank = value.to_str().is_some_and(|v| v.trim().is_empty());
+                (name.starts_with(ENV_PREFIX) && blank).then_some(name)
+            })
+            .collect();
+        names.sort();
+        names
     }
 }
 
 impl Env for HashMap<String, String> {
     fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
+        self.get(name).filter(|v| !v.trim().is_empty()).cloned()
+    }
+
+    fn blank_vars(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .iter()
+            .filter(|(k, v)| k.starts_with(ENV_PREFIX) && v.trim().is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Refuses every `METALFLEET_*` variable that is set but empty, naming it: an empty `METALFLEET_STATE_DIR` must
+/// not quietly mean the default directory. Every binary calls this before it reads any variable.
+///
+/// # Errors
+/// One [`Error::Value`] per blank variable ([`Error::Several`] for more than one).
+pub fn reject_empty(env: &dyn Env) -> Result<(), Error> {
+    let mut errors: Vec<Error> = env
+        .blank_vars()
+        .into_iter()
+        .map(|name| {
+            Error::value(format!("environment variable {name}"), "is set but empty; unset it or give it a value")
+        })
+        .collect();
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::Several(errors)),
     }
 }
 
@@ -186,5 +243,25 @@ mod tests {
         let error = env_parse::<u16>(&env, "METALFLEET_PORT").unwrap_err();
         assert_eq!(error.to_string(), "environment variable METALFLEET_PORT=\"x\": invalid digit found in string");
         assert_eq!(env_parse::<u16>(&env, "METALFLEET_OTHER").unwrap(), None);
+    }
+
+    #[test]
+    fn empty_variables_are_named() {
+        let env: HashMap<String, String> = [
+            ("METALFLEET_STATE_DIR".to_string(), String::new()),
+            ("METALFLEET_LISTEN".to_string(), "  ".to_string()),
+            ("METALFLEET_INSECURE".to_string(), "true".to_string()),
+            ("HOME".to_string(), String::new()),
+        ]
+        .into();
+        let error = reject_empty(&env).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "environment variable METALFLEET_LISTEN: is set but empty; unset it or give it a value\n\
+             environment variable METALFLEET_STATE_DIR: is set but empty; unset it or give it a value"
+        );
+        assert_eq!(env.var("METALFLEET_STATE_DIR"), None, "a blank value never reaches a setting");
+        let fine: HashMap<String, String> = [("METALFLEET_INSECURE".to_string(), "1".to_string())].into();
+        reject_empty(&fine).unwrap();
     }
 }

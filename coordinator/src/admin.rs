@@ -60,6 +60,10 @@ pub fn operators_add(state_dir: &Path, name: &str, role: &str, bearer: bool, out
 /// the `router-shim.toml` lines. Returns the exit code.
 pub fn router_cert_issue(state_dir: &Path, out: &Path, sans: &[String]) -> i32 {
     use crate::router_cert::{self, RouterCertError};
+    if let Err(error) = router_cert::check_sans(sans) {
+        eprintln!("error: {error}");
+        return exit::USAGE;
+    }
     if !state_dir.join(crate::pki::CA_KEY).exists() {
         eprintln!(
             "error: no CA in {}; start `coordinator serve --state-dir {}` once first, or pass --state-dir",
@@ -80,7 +84,7 @@ pub fn router_cert_issue(state_dir: &Path, out: &Path, sans: &[String]) -> i32 {
             println!("# after `coordinator ca retire-old`, run `coordinator router-cert issue` again");
             exit::OK
         }
-        Err(error @ (RouterCertError::NoSans | RouterCertError::BadSan(_))) => {
+        Err(error @ (RouterCertError::NoSans | RouterCertError::BadSan { .. })) => {
             eprintln!("error: {error}");
             exit::USAGE
         }

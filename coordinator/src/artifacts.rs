@@ -31,6 +31,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// `[artifacts]`: a named agent binary is a path (any port may be listened on, 0 picks a free one).
+    pub fn validate(&self, problems: &mut metalfleet_common::config::bounds::Problems) {
+        if let Some(path) = &self.agent_binary {
+            problems.not_blank("agent_binary", &path.to_string_lossy());
+        }
+    }
+
     /// The agent binary this config names, or `agent` next to the running executable.
     pub fn agent_path(&self) -> Option<PathBuf> {
         self.agent_binary.clone().or_else(|| std::env::current_exe().ok().map(|exe| exe.with_file_name("agent")))

@@ -4,12 +4,15 @@
 //! through [`Env`], so tests never touch the process environment.
 
 #[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
 mod proptests;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use metalfleet_common::config::bounds::{Origins, Problems, SourceFile, limits};
 use metalfleet_common::config::{self as common_config, Env, env_parse};
 use serde::Deserialize;
 
@@ -152,15 +155,19 @@ impl Config {
         overrides: &Overrides,
         maas: &MaasOverrides,
     ) -> Result<Self, ConfigError> {
-        let mut config = match file {
-            Some(path) => common_config::load::<Config>(path)?,
+        common_config::reject_empty(env)?;
+        let file = file.map(SourceFile::read).transpose()?;
+        let mut config = match &file {
+            Some(file) => file.parse::<Config>()?,
             None => Config::default(),
         };
+        let mut origins = Origins::new(file);
         if let Some(listen) = env_parse::<SocketAddr>(env, "METALFLEET_LISTEN")? {
             config.listen = listen;
         }
         if let Some(dir) = env.var("METALFLEET_STATE_DIR") {
             config.state_dir = PathBuf::from(dir);
+            origins.set_by("state_dir", "environment variable METALFLEET_STATE_DIR");
         }
         if let Some(insecure) = env_parse::<bool>(env, "METALFLEET_INSECURE")? {
             config.insecure = insecure;
@@ -170,15 +177,37 @@ impl Config {
         }
         if let Some(dir) = &overrides.state_dir {
             config.state_dir = dir.clone();
+            origins.set_by("state_dir", "flag --state-dir");
         }
         if overrides.insecure {
             config.insecure = true;
         }
         let url = match &maas.url {
-            Some(url) => Some(url.clone()),
-            None => env_parse::<url::Url>(env, "METALFLEET_MAAS_URL")?,
+            Some(url) => {
+                origins.set_by("maas.url", "flag --maas-url");
+                Some(url.clone())
+            }
+            None => {
+                let url = env_parse::<url::Url>(env, "METALFLEET_MAAS_URL")?;
+                if url.is_some() {
+                    origins.set_by("maas.url", "environment variable METALFLEET_MAAS_URL");
+                }
+                url
+            }
         };
-        let key_file = maas.api_key_file.clone().or_else(|| env.var("METALFLEET_MAAS_API_KEY_FILE").map(PathBuf::from));
+        let key_file = match &maas.api_key_file {
+            Some(path) => {
+                origins.set_by("maas.api_key_file", "flag --maas-api-key-file");
+                Some(path.clone())
+            }
+            None => {
+                let path = env.var("METALFLEET_MAAS_API_KEY_FILE").map(PathBuf::from);
+                if path.is_some() {
+                    origins.set_by("maas.api_key_file", "environment variable METALFLEET_MAAS_API_KEY_FILE");
+                }
+                path
+            }
+        };
         config.maas = match (config.maas.take(), url, key_file) {
             (Some(mut table), url, key_file) => {
                 table.url = url.unwrap_or(table.url);
@@ -195,58 +224,96 @@ impl Config {
                 ));
             }
         };
-        config.validate()?;
+        let mut problems = Problems::new();
+        config.validate(&mut problems);
+        origins.check(problems)?;
         Ok(config)
     }
 
-    /// Checks the rules that span fields, reporting every problem at once.
+    /// Checks every value against its bounds (documented in `deploy/coordinator.example.toml`), each section
+    /// through the `validate` beside its struct, reporting every problem by key.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.not_blank("state_dir", &self.state_dir.to_string_lossy());
+        problems.duration("heartbeat_interval", self.heartbeat_interval, MIN_HEARTBEAT_INTERVAL..=HOUR);
+        problems.number("history_samples", self.history_samples, 1..=MAX_HISTORY_SAMPLES);
+        problems.duration("grace_period", self.grace_period, MIN_GRACE_PERIOD..=HOUR);
+        problems.duration("request_timeout", self.request_timeout, limits::MIN_TIMEOUT..=HOUR);
+        problems.size("max_message_bytes", self.max_message_bytes as u64, MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES);
+        problems.number("write_queue", self.write_queue, MIN_WRITE_QUEUE..=MAX_WRITE_QUEUE);
+        problems.duration("evaluate_every", self.evaluate_every, MIN_EVALUATE_EVERY..=HOUR);
+        problems.section("health", |p| self.health.validate(p));
+        problems.section("tls", |p| self.tls.validate(p));
+        if let Some(maas) = &self.maas {
+            problems.section("maas", |p| maas.validate(p));
+        }
+        problems.section("enroll", |p| self.enroll.validate(p));
+        problems.section("verify", |p| self.verify.validate(p));
+        problems.section("operations", |p| self.operations.validate(p));
+        problems.section("artifacts", |p| self.artifacts.validate(p));
+        problems.section("lab", |p| self.lab.validate(p));
+    }
+
+    /// Parses `text` as the config file `path` and validates it, naming file, line and key on failure; the
+    /// environment and flags play no part (tests, and checking a file before it is installed).
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] listing each problem.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        if self.heartbeat_interval < Duration::from_millis(100) || self.heartbeat_interval > Duration::from_secs(3600) {
-            problems.push("heartbeat_interval must be between 100ms and 1h".to_string());
-        }
-        if self.history_samples == 0 {
-            problems.push("history_samples must be at least 1".to_string());
-        }
-        if self.request_timeout.is_zero() {
-            problems.push("request_timeout must be above zero".to_string());
-        }
-        if self.max_message_bytes < 1024 {
-            problems.push("max_message_bytes must be at least 1024".to_string());
-        }
-        if self.write_queue < 16 {
-            problems.push("write_queue must be at least 16".to_string());
-        }
-        if self.evaluate_every.is_zero() {
-            problems.push("evaluate_every must be above zero".to_string());
-        }
-        let h = &self.health;
-        if !(0.0..=100.0).contains(&h.disk_used_percent) {
-            problems.push("health.disk_used_percent must be between 0 and 100".to_string());
-        }
-        if !(0.0..=100.0).contains(&h.memory_available_percent) {
-            problems.push("health.memory_available_percent must be between 0 and 100".to_string());
-        }
-        if h.load_per_cpu.is_nan() || h.load_per_cpu <= 0.0 {
-            problems.push("health.load_per_cpu must be above zero".to_string());
-        }
-        if h.missed_heartbeats == 0 {
-            problems.push("health.missed_heartbeats must be at least 1".to_string());
-        }
-        if let Some(maas) = &self.maas {
-            if maas.poll_interval < Duration::from_millis(100) {
-                problems.push("maas.poll_interval must be at least 100ms".to_string());
-            }
-            if maas.request_timeout.is_zero() || maas.connect_timeout.is_zero() {
-                problems.push("maas.request_timeout and maas.connect_timeout must be above zero".to_string());
-            }
-        }
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
+    /// As [`Config::from_sources`].
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file = SourceFile { path: path.to_owned(), text: text.to_owned() };
+        let config: Config = file.parse()?;
+        let mut problems = Problems::new();
+        config.validate(&mut problems);
+        Origins::new(Some(file)).check(problems)?;
+        Ok(config)
     }
 }
+
+impl HealthThresholds {
+    /// `[health]`: percentages within 0–100, a positive finite load, at least one missed heartbeat.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.number("disk_used_percent", self.disk_used_percent, 0.0..=100.0);
+        problems.number("memory_available_percent", self.memory_available_percent, 0.0..=100.0);
+        problems.number("load_per_cpu", self.load_per_cpu, MIN_LOAD_PER_CPU..=MAX_LOAD_PER_CPU);
+        problems.number("missed_heartbeats", self.missed_heartbeats, 1..=MAX_MISSED_HEARTBEATS);
+    }
+}
+
+impl TlsConfig {
+    /// `[tls]`: every extra SAN an IP address or an RFC 1123 DNS name (see [`crate::pki::check_san`]).
+    pub fn validate(&self, problems: &mut Problems) {
+        if self.extra_sans.len() > crate::pki::MAX_EXTRA_SANS {
+            problems.push(
+                "extra_sans",
+                format!("has {} entries; at most {} are allowed", self.extra_sans.len(), crate::pki::MAX_EXTRA_SANS),
+            );
+        }
+        for (index, san) in self.extra_sans.iter().enumerate() {
+            if let Err(reason) = crate::pki::check_san(san) {
+                problems.push_entry("extra_sans", index, format!("{san:?} {reason}; give a DNS name or an IP address"));
+            }
+        }
+    }
+}
+
+/// Bounds of the top-level keys and `[health]`; `deploy/coordinator.example.toml` documents each.
+const HOUR: Duration = Duration::from_secs(3600);
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// A million samples is about four months of history at the default 10 s interval.
+const MAX_HISTORY_SAMPLES: u32 = 1_000_000;
+/// Below this, a SIGTERM cuts calls that were about to finish.
+const MIN_GRACE_PERIOD: Duration = Duration::from_millis(100);
+const MIN_MESSAGE_BYTES: u64 = 1024;
+const MAX_MESSAGE_BYTES: u64 = 64 << 20;
+/// The writer batches from this queue; fewer slots than this make every burst of heartbeats wait.
+const MIN_WRITE_QUEUE: usize = 16;
+/// The queue plus its sample budget (four samples per slot, a tokio semaphore) stay far below what tokio
+/// accepts (`usize::MAX >> 3` for both), and a full queue stays a few hundred MB at most.
+const MAX_WRITE_QUEUE: usize = 65_536;
+/// Below this the evaluator wakes so often that an idle coordinator burns a core.
+const MIN_EVALUATE_EVERY: Duration = Duration::from_millis(10);
+const MIN_LOAD_PER_CPU: f64 = 0.01;
+const MAX_LOAD_PER_CPU: f64 = 100_000.0;
+const MAX_MISSED_HEARTBEATS: u32 = 1000;
 
 /// Why the configuration cannot be used. Every variant means exit 64.
 #[derive(Debug, thiserror::Error)]
@@ -414,5 +481,10 @@ mod tests {
         let config = Config::from_sources(Some(&path), &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(config.health.disk_used_percent, 90.0);
+        let defaults = Config::default();
+        assert_eq!(config.enroll, defaults.enroll, "the example's [enroll] shows the defaults");
+        assert_eq!(config.verify, defaults.verify, "the example's [verify] shows the defaults");
+        assert_eq!(config.operations, defaults.operations, "the example's [operations] shows the defaults");
+        assert_eq!(config.lab, defaults.lab, "the example's [lab] shows the defaults");
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use metalfleet_common::config::bounds::Problems;
 use rand::RngCore;
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -56,6 +57,25 @@ fn default_token_ttl() -> Duration {
 fn default_enroll_per_minute() -> u32 {
     10
 }
+
+impl EnrollConfig {
+    /// `[enroll]`: a certificate lives long enough to be renewed (at two thirds of it) and at most ten years,
+    /// a token between a minute and a year, and the rate limit lets at least one agent through.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.duration("cert_lifetime", self.cert_lifetime, MIN_CERT_LIFETIME..=MAX_CERT_LIFETIME);
+        problems.duration("token_ttl", self.token_ttl, MIN_TOKEN_TTL..=MAX_TOKEN_TTL);
+        problems.number("enroll_per_minute", self.enroll_per_minute, 1..=MAX_ENROLL_PER_MINUTE);
+    }
+}
+
+/// Bounds of `[enroll]`, documented in `deploy/coordinator.example.toml`.
+const MIN_CERT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Ten years as humantime counts them (365.25 days each), so the bound prints as `10years`.
+const MAX_CERT_LIFETIME: Duration = Duration::from_secs(10 * YEAR_SECS);
+const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(YEAR_SECS);
+const YEAR_SECS: u64 = 31_557_600;
+const MAX_ENROLL_PER_MINUTE: u32 = 100_000;
 
 impl Default for EnrollConfig {
     fn default() -> Self {

@@ -22,6 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use metalfleet_common::config::bounds::{Problems, limits};
 use serde::Deserialize;
 use url::Url;
 
@@ -100,7 +101,33 @@ impl Config {
     pub fn api_root(&self) -> Url {
         api_root(&self.url)
     }
+
+    /// `[maas]`: an http(s) URL with a host, a key file, and timeouts, retries and intervals that neither spin
+    /// nor wait forever (the bounds are listed in `deploy/coordinator.example.toml`).
+    pub fn validate(&self, problems: &mut Problems) {
+        if !matches!(self.url.scheme(), "http" | "https") || self.url.host_str().is_none_or(str::is_empty) {
+            problems.push("url", format!("{} is not an http:// or https:// URL with a host", self.url));
+        }
+        problems.not_blank("api_key_file", &self.api_key_file.to_string_lossy());
+        problems.duration("connect_timeout", self.connect_timeout, limits::MIN_TIMEOUT..=MAX_CONNECT_TIMEOUT);
+        problems.duration("request_timeout", self.request_timeout, limits::MIN_TIMEOUT..=MAX_REQUEST_TIMEOUT);
+        problems.number("retries", self.retries, 0..=MAX_RETRIES);
+        problems.duration("retry_backoff", self.retry_backoff, MIN_BACKOFF..=MAX_BACKOFF);
+        problems.duration("max_backoff", self.max_backoff, MIN_BACKOFF..=MAX_BACKOFF);
+        if self.retry_backoff > self.max_backoff {
+            problems.push("retry_backoff", "is above `max_backoff`; the first delay cannot exceed the cap");
+        }
+        problems.duration("poll_interval", self.poll_interval, limits::MIN_POLL..=limits::DAY);
+    }
 }
+
+/// Bounds of `[maas]`: a connection takes seconds at most, a request (a whole machine list) minutes.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+/// More retries than this only delay the error an operator has to see.
+const MAX_RETRIES: u32 = 20;
+const MIN_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// Normalises `http://h:5240/MAAS`, `http://h:5240/MAAS/`, `http://h:5240/MAAS/api/2.0` and
 /// `http://h:5240/MAAS/api/2.0/` to `http://h:5240/MAAS/api/2.0/`.

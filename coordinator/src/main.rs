@@ -125,8 +125,13 @@ struct ServeArgs {
     maas_api_key_file: Option<PathBuf>,
 }
 
-/// The state directory of an admin command: the flag, then METALFLEET_STATE_DIR, then the default.
+/// The state directory of an admin command: the flag, then METALFLEET_STATE_DIR, then the default. An empty
+/// `METALFLEET_*` variable is a usage error (exit 64), as it is for `serve`.
 fn admin_state_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Err(error) = metalfleet_common::config::reject_empty(&ProcessEnv) {
+        eprintln!("error: {error}");
+        std::process::exit(exit::USAGE);
+    }
     flag.or_else(|| std::env::var_os("METALFLEET_STATE_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(coordinator::config::DEFAULT_STATE_DIR))
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use metalfleet_common::config::bounds::{Problems, limits};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +83,36 @@ fn default_healthy_timeout() -> Duration {
 fn default_distro() -> String {
     "jammy".to_string()
 }
+
+impl Config {
+    /// `[operations]`: a poll that does not hammer MAAS, step timeouts between a second and a day, addresses
+    /// and a distro that are not blank.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.duration("poll_interval", self.poll_interval, limits::MIN_POLL..=HOUR);
+        for (key, value) in [
+            ("release_timeout", self.release_timeout),
+            ("deploy_timeout", self.deploy_timeout),
+            ("enroll_timeout", self.enroll_timeout),
+            ("healthy_timeout", self.healthy_timeout),
+        ] {
+            problems.duration(key, value, MIN_STEP_TIMEOUT..=limits::DAY);
+        }
+        for (key, value) in [("coordinator_url", &self.coordinator_url), ("artifacts_url", &self.artifacts_url)] {
+            if let Some(url) = value
+                && (url.trim().is_empty() || url.chars().any(char::is_whitespace))
+            {
+                problems.push(key, format!("{url:?} is not an address; give e.g. https://main.maas:7443"));
+            }
+        }
+        if self.default_distro.trim().is_empty() || self.default_distro.chars().any(char::is_whitespace) {
+            problems.push("default_distro", format!("{:?} is not a series name such as jammy", self.default_distro));
+        }
+    }
+}
+
+/// Bounds of `[operations]`, documented in `deploy/coordinator.example.toml`.
+const HOUR: Duration = Duration::from_secs(3600);
+const MIN_STEP_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Default for Config {
     fn default() -> Self {

@@ -93,6 +93,59 @@ pub fn server_sans(extra: &[String]) -> Vec<String> {
     sans
 }
 
+/// The most names one certificate is issued for (besides localhost, the loopback addresses and the hostname).
+pub const MAX_EXTRA_SANS: usize = 100;
+
+/// Why `san` cannot name a server in a certificate: it must be an IP address or an RFC 1123 DNS name (letters,
+/// digits and hyphens in dot-separated labels of 1 to 63 characters, 253 at most in all, the last label not all
+/// digits), written bare: no scheme, port, path, brackets, spaces or trailing dot. Anything else makes a
+/// certificate that clients refuse or cannot decode.
+///
+/// # Errors
+/// The reason in words, without repeating the name (the caller quotes it).
+pub fn check_san(san: &str) -> Result<(), &'static str> {
+    if san.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if san.is_empty() {
+        return Err("is empty");
+    }
+    if san.chars().any(char::is_whitespace) {
+        return Err("contains whitespace");
+    }
+    if san.contains("://") {
+        return Err("is a URL; give only the host name or IP address");
+    }
+    if san.starts_with('[') || san.contains(':') {
+        return Err("is not a bare name or address; leave out brackets and the port");
+    }
+    if san.contains('/') {
+        return Err("contains a `/`; give only the host name or IP address");
+    }
+    if san.len() > 253 {
+        return Err("is longer than the 253 characters of a DNS name");
+    }
+    let labels: Vec<&str> = san.split('.').collect();
+    for label in &labels {
+        if label.is_empty() {
+            return Err("has an empty label (two dots in a row, or a dot at the start or end)");
+        }
+        if label.len() > 63 {
+            return Err("has a label longer than 63 characters");
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err("may hold only letters, digits, hyphens and dots");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("has a label that starts or ends with a hyphen");
+        }
+    }
+    if labels.last().is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("is neither an IP address nor a DNS name (its last label is all digits)");
+    }
+    Ok(())
+}
+
 /// This host's name, from the kernel.
 pub fn hostname() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
@@ -156,6 +209,39 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn sans_are_addresses_or_dns_names() {
+        for good in
+            ["127.0.0.1", "::1", "fe80::1", "main", "main.lab", "server-1.maas", "a1.b2", "xn--bcher-kva.example"]
+        {
+            assert_eq!(check_san(good), Ok(()), "{good}");
+        }
+        let long_label = "a".repeat(64);
+        let long_name = ["abcdefghij"; 24].join(".");
+        for (bad, reason) in [
+            ("", "is empty"),
+            ("main lab", "contains whitespace"),
+            ("https://main", "is a URL"),
+            ("main:7443", "leave out brackets and the port"),
+            ("[::1]", "leave out brackets and the port"),
+            ("main/x", "contains a `/`"),
+            ("main..lab", "empty label"),
+            ("main.", "empty label"),
+            (".main", "empty label"),
+            (long_label.as_str(), "longer than 63"),
+            (long_name.as_str(), "longer than the 253"),
+            ("main_1", "only letters, digits"),
+            ("-main", "hyphen"),
+            ("main-.lab", "hyphen"),
+            ("1.2.3.999", "last label is all digits"),
+            ("*.lab", "only letters, digits"),
+            ("mäin", "only letters, digits"),
+        ] {
+            let error = check_san(bad).unwrap_err();
+            assert!(error.contains(reason), "{bad:?}: {error}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod store;
 use std::fmt;
 use std::time::Duration;
 
+use metalfleet_common::config::bounds::{Problems, limits};
 use serde::Deserialize;
 
 pub use diff::{Op, plan};
@@ -57,6 +58,21 @@ fn default_wait_timeout() -> Duration {
 fn default_wait_poll() -> Duration {
     Duration::from_secs(2)
 }
+
+impl LabConfig {
+    /// `[lab]`: waits and intervals that neither spin against MAAS nor wait past a day.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.duration("reconcile_interval", self.reconcile_interval, MIN_RECONCILE_INTERVAL..=limits::DAY);
+        problems.duration("wait_timeout", self.wait_timeout, Duration::from_secs(1)..=limits::DAY);
+        problems.duration("wait_poll", self.wait_poll, limits::MIN_POLL..=Duration::from_secs(3600));
+        if self.wait_poll > self.wait_timeout {
+            problems.push("wait_poll", "is above `wait_timeout`; a wait would end before its first poll");
+        }
+    }
+}
+
+/// Reconciliation reads MAAS and the router each time; more often than this only loads them.
+const MIN_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for LabConfig {
     fn default() -> Self {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use metalfleet_common::config::bounds::{Problems, limits};
 use serde::Deserialize;
 
 use crate::domain::Health;
@@ -32,6 +33,9 @@ pub struct Config {
     pub probe_maas_ips: bool,
 }
 
+/// A TCP connect that takes longer than a minute is a host that is down.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn default_port() -> u16 {
     22
 }
@@ -46,6 +50,28 @@ impl Default for Config {
 }
 
 impl Config {
+    /// `[verify.reachability]`: a real port, a timeout between 10 ms and a minute, targets with real ports.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.number("port", self.port, 1..=u16::MAX);
+        problems.duration("timeout", self.timeout, limits::MIN_TIMEOUT..=MAX_TIMEOUT);
+        if self.targets.len() > limits::MAX_LIST {
+            problems.push(
+                "targets",
+                format!("has {} entries; at most {} are allowed", self.targets.len(), limits::MAX_LIST),
+            );
+        }
+        let mut hostnames: Vec<&String> = self.targets.keys().collect();
+        hostnames.sort();
+        for hostname in hostnames {
+            let addr = self.targets[hostname];
+            if addr.port() == 0 || addr.ip().is_unspecified() {
+                problems.section("targets", |p| {
+                    p.push_named(hostname, format!("{addr} cannot be connected to; give the host's address and port"))
+                });
+            }
+        }
+    }
+
     /// Where to knock for `hostname` with MAAS IPs `ips`: the override, else (with `probe_maas_ips`) the first
     /// IPv4 (then any) address; otherwise why there is nothing to try.
     pub fn target(&self, hostname: &str, ips: &[String]) -> Result<SocketAddr, String> {

@@ -41,8 +41,8 @@ pub const SHIM_CA: &str = "ca.pem";
 pub enum RouterCertError {
     #[error("give at least one --san (the name or address the coordinator uses in `[router] shim`)")]
     NoSans,
-    #[error("--san {0:?} is not a DNS name or IP address")]
-    BadSan(String),
+    #[error("--san {san:?} {reason}; each --san is a DNS name or an IP address")]
+    BadSan { san: String, reason: &'static str },
     #[error(transparent)]
     Issue(#[from] IssueError),
     #[error("cannot write {}: {message}; check the directory's permissions", .path.display())]
@@ -81,15 +81,27 @@ pub struct ClientIdentity {
     pub key_pem: Secret,
 }
 
+/// Refuses an empty list and every name that is not an IP address or a DNS name ([`crate::pki::check_san`]).
+///
+/// # Errors
+/// [`RouterCertError::NoSans`] or [`RouterCertError::BadSan`], both usage errors.
+pub fn check_sans(sans: &[String]) -> Result<(), RouterCertError> {
+    if sans.is_empty() {
+        return Err(RouterCertError::NoSans);
+    }
+    for san in sans {
+        crate::pki::check_san(san).map_err(|reason| RouterCertError::BadSan { san: san.clone(), reason })?;
+    }
+    Ok(())
+}
+
 /// Issues the shim's server certificate (for `sans`) and the coordinator's client certificate, both from
 /// the coordinator's signing CA. The shim gets the full trust bundle (both CAs during a rotation).
 ///
 /// # Errors
 /// No or bad names, an unreadable CA, or a file that cannot be written.
 pub fn issue(state_dir: &Path, out: &Path, sans: &[String]) -> Result<Issued, RouterCertError> {
-    if sans.is_empty() {
-        return Err(RouterCertError::NoSans);
-    }
+    check_sans(sans)?;
     let (ca_pem, ca_key) = enroll::load_ca(state_dir)?;
     let (server_pem, server_key) = server_cert(&ca_pem, &ca_key, sans)?;
     let (client, client_key) = enroll::issue_client_cert(
@@ -157,9 +169,9 @@ fn server_cert(ca_pem: &str, ca_key: &Secret, sans: &[String]) -> Result<(String
     for san in sans {
         let parsed = match san.parse::<std::net::IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
-            Err(_) => rcgen::SanType::DnsName(
-                san.clone().try_into().map_err(|_: rcgen::Error| RouterCertError::BadSan(san.clone()))?,
-            ),
+            Err(_) => rcgen::SanType::DnsName(san.clone().try_into().map_err(|_: rcgen::Error| {
+                RouterCertError::BadSan { san: san.clone(), reason: "is not a DNS name rcgen accepts" }
+            })?),
         };
         params.subject_alt_names.push(parsed);
     }
@@ -242,5 +254,19 @@ mod tests {
         assert!(matches!(only_cert, Err(RouterCertError::Missing(_))));
         std::fs::set_permissions(&issued.client_key, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(client_identity(&state, None, None), Err(RouterCertError::Secret(_))));
+    }
+
+    #[test]
+    fn bad_sans_are_refused_by_name_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        for (san, reason) in [("", "is empty"), ("https://router", "is a URL"), ("router lab", "contains whitespace")] {
+            let sans = ["router.lab".to_string(), san.to_string()];
+            let error = issue(dir.path(), &out, &sans).unwrap_err();
+            assert!(matches!(error, RouterCertError::BadSan { .. }), "{error}");
+            let text = error.to_string();
+            assert!(text.starts_with(&format!("--san {san:?} {reason}")), "{text}");
+        }
+        assert!(!out.exists(), "nothing is written for a refused name");
     }
 }

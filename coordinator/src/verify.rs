@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use metalfleet_common::config::bounds::{Problems, limits};
 use serde::{Deserialize, Deserializer};
 
 pub use check::{FieldVerdict, Observed, Specs, Tolerances, Unit, Verdict, check, overall};
@@ -57,6 +58,15 @@ pub struct VerifyConfig {
 
 fn default_interval() -> std::time::Duration {
     std::time::Duration::from_secs(10)
+}
+
+impl VerifyConfig {
+    /// `[verify]`: the re-verify interval, the memory tolerance and `[verify.reachability]`.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.duration("interval", self.interval, limits::MIN_POLL..=limits::DAY);
+        problems.section("tolerance", |p| self.tolerance.validate(p));
+        problems.section("reachability", |p| self.reachability.validate(p));
+    }
 }
 
 impl Default for VerifyConfig {

@@ -225,7 +225,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
     let load = || -> Result<Config, Failure> {
-        let path = config::resolve_path(cli.config.as_deref(), &ProcessEnv);
+        let path = config::resolve_path(cli.config.as_deref(), &ProcessEnv)?;
         Ok(Config::load(&path)?)
     };
     let stdin = Arc::new(StdinConfirmer::default());

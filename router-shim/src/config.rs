@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use metalfleet_common::config::bounds::{Origins, Problems, SourceFile, limits};
 use metalfleet_common::config::{self as common_config, Env};
 use serde::Deserialize;
 
@@ -157,6 +158,101 @@ pub struct ManualConfig {
     pub connect_timeout: Duration,
 }
 
+impl ServeConfig {
+    /// `[serve]`: certificate and key as a pair, a call timeout between 10 ms and an hour.
+    fn validate(&self, problems: &mut Problems) {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let missing = if self.tls_cert.is_some() { "tls_key" } else { "tls_cert" };
+            let given = if self.tls_cert.is_some() { "tls_cert" } else { "tls_key" };
+            problems.push(given, format!("`tls_cert` and `tls_key` come as a pair; add `{missing}`"));
+        }
+        problems.duration("rpc_timeout", self.rpc_timeout, limits::MIN_TIMEOUT..=HOUR);
+    }
+}
+
+impl LinuxConfig {
+    /// `[linux]`: real interface names, a table, management ports, and one way to restart the DHCP server.
+    fn validate(&self, problems: &mut Problems) {
+        interface(problems, "lan_interface", &self.lan_interface);
+        interface(problems, "wan_interface", &self.wan_interface);
+        problems.not_blank("table", &self.table);
+        problems.not_blank("nft", &self.nft.to_string_lossy());
+        problems.not_blank("ip_forward_sysctl", &self.ip_forward_sysctl.to_string_lossy());
+        ports(problems, &self.management_ports);
+        match (&self.dnsmasq, &self.systemd_unit) {
+            (Some(_), Some(_)) => problems.push("systemd_unit", "give either `dnsmasq` or `systemd_unit`, not both"),
+            (None, None) => problems.push("", "name the DHCP server with a [linux.dnsmasq] table or `systemd_unit`"),
+            (Some(dnsmasq), None) => problems.section("dnsmasq", |p| {
+                p.not_blank("pid_file", &dnsmasq.pid_file.to_string_lossy());
+                p.not_blank("config_file", &dnsmasq.config_file.to_string_lossy());
+                if dnsmasq.command.first().is_none_or(|program| program.trim().is_empty()) {
+                    p.push("command", "must not be empty; start with the program, e.g. [\"dnsmasq\", ...]");
+                }
+            }),
+            (None, Some(unit)) => problems.not_blank("systemd_unit", unit),
+        }
+    }
+}
+
+impl OpenWrtConfig {
+    /// `[openwrt]`: an http(s) URL, a section name, ports, and timeouts that end.
+    fn validate(&self, problems: &mut Problems) {
+        http_url(problems, &self.url);
+        problems.not_blank("credentials_file", &self.credentials_file.to_string_lossy());
+        problems.not_blank("dhcp_section", &self.dhcp_section);
+        ports(problems, &self.management_ports);
+        problems.duration("apply_rollback", self.apply_rollback, MIN_CONFIRM..=HOUR);
+        problems.duration("timeout", self.timeout, limits::MIN_TIMEOUT..=HOUR);
+    }
+}
+
+impl RouterOsConfig {
+    /// `[routeros]`: an http(s) URL, the DHCP server and WAN names, ports, and a timeout that ends.
+    fn validate(&self, problems: &mut Problems) {
+        http_url(problems, &self.url);
+        problems.not_blank("credentials_file", &self.credentials_file.to_string_lossy());
+        problems.not_blank("dhcp_server", &self.dhcp_server);
+        problems.not_blank("wan_interface", &self.wan_interface);
+        ports(problems, &self.management_ports);
+        problems.duration("timeout", self.timeout, limits::MIN_TIMEOUT..=HOUR);
+    }
+}
+
+impl ManualConfig {
+    /// `[manual]`: a real WAN address and probe interface, a probe window and a connect timeout that end.
+    fn validate(&self, problems: &mut Problems) {
+        if self.wan_address.is_unspecified() || self.wan_address.is_broadcast() {
+            problems.push("wan_address", format!("{} is not a router's address", self.wan_address));
+        }
+        interface(problems, "probe_interface", &self.probe_interface);
+        problems.duration("probe_window", self.probe_window, MIN_PROBE_WINDOW..=MAX_PROBE_WINDOW);
+        problems.duration("connect_timeout", self.connect_timeout, limits::MIN_TIMEOUT..=HOUR);
+    }
+}
+
+/// A network interface name: 1 to 15 bytes, no whitespace or `/`.
+fn interface(problems: &mut Problems, key: &str, name: &str) {
+    if name.is_empty() || name.len() > MAX_INTERFACE_LEN || name.contains(|c: char| c.is_whitespace() || c == '/') {
+        problems.push(key, format!("{name:?} is not an interface name (1 to 15 characters, no spaces or `/`)"));
+    }
+}
+
+/// `management_ports`: at least one, none of them 0.
+fn ports(problems: &mut Problems, ports: &[u16]) {
+    problems.list_len("management_ports", ports.len(), limits::MAX_LIST);
+    for (index, port) in ports.iter().enumerate() {
+        if *port == 0 {
+            problems.push_entry("management_ports", index, "0 is not a port; use 1 to 65535");
+        }
+    }
+}
+
+fn http_url(problems: &mut Problems, url: &url::Url) {
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        problems.push("url", format!("{url} is not an http:// or https:// URL with a host"));
+    }
+}
+
 fn default_confirm_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -203,81 +299,93 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(3)
 }
 
-/// Why the config cannot be used. Every variant is a usage error (exit 64).
+/// Why the config cannot be used: it could not be read or parsed, or a value is out of its bounds (naming
+/// file, line and key). A usage error (exit 64).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    Load(#[from] common_config::Error),
-    #[error("{path}: {}", problems.join("; "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
-}
+#[error(transparent)]
+pub struct ConfigError(#[from] common_config::Error);
 
 /// Which file to read: the flag, then `METALFLEET_ROUTER_SHIM_CONFIG`, then the default.
-pub fn resolve_path(flag: Option<&Path>, env: &dyn Env) -> PathBuf {
-    flag.map(Path::to_path_buf)
+///
+/// # Errors
+/// A `METALFLEET_*` variable is set but empty.
+pub fn resolve_path(flag: Option<&Path>, env: &dyn Env) -> Result<PathBuf, ConfigError> {
+    common_config::reject_empty(env)?;
+    Ok(flag
+        .map(Path::to_path_buf)
         .or_else(|| env.var(PATH_VAR).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH)))
 }
+
+/// Bounds of the shim's keys, documented in `deploy/router-shim.example.toml`.
+const HOUR: Duration = Duration::from_secs(3600);
+/// Less than this leaves a person no time to confirm a change that could cut them off.
+const MIN_CONFIRM: Duration = Duration::from_secs(1);
+/// The DHCP probe listens this long at least, or it misses a slow server.
+const MIN_PROBE_WINDOW: Duration = Duration::from_millis(100);
+const MAX_PROBE_WINDOW: Duration = Duration::from_secs(600);
+/// Linux interface names are at most 15 bytes (IFNAMSIZ).
+const MAX_INTERFACE_LEN: usize = 15;
 
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = common_config::load(path)?;
-        config.validate(path)?;
-        Ok(config)
+        let file = SourceFile::read(path)?;
+        Config::from_file(file)
     }
 
     /// Parses `text` as if read from `path` (tests and the example config).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = common_config::parse(path, text)?;
-        config.validate(path)?;
+        Config::from_file(SourceFile { path: path.to_owned(), text: text.to_owned() })
+    }
+
+    fn from_file(file: SourceFile) -> Result<Config, ConfigError> {
+        let config: Config = file.parse()?;
+        let mut problems = Problems::new();
+        config.validate(&mut problems);
+        Origins::new(Some(file)).check(problems)?;
         Ok(config)
     }
 
-    /// Checks the rules that span fields, reporting every problem at once.
-    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+    /// Checks every value against its bounds and the rules that span fields, reporting every problem by key.
+    pub fn validate(&self, problems: &mut Problems) {
         let section_present = match self.backend.as_str() {
             "linux" => self.linux.is_some(),
             "openwrt" => self.openwrt.is_some(),
             "routeros" => self.routeros.is_some(),
             "manual" => self.manual.is_some(),
             other => {
-                problems.push(format!(
-                    "key `backend`: unknown backend {other:?}; use one of linux, openwrt, routeros, manual"
-                ));
+                problems
+                    .push("backend", format!("unknown backend {other:?}; use one of linux, openwrt, routeros, manual"));
                 true
             }
         };
         if !section_present {
-            problems.push(format!("backend {0:?} needs a [{0}] table", self.backend));
+            problems.push("backend", format!("backend {0:?} needs a [{0}] table", self.backend));
         }
-        if self.confirm_timeout.is_zero() {
-            problems.push("key `confirm_timeout`: must be above zero".to_string());
+        problems.not_blank("state_dir", &self.state_dir.to_string_lossy());
+        problems.duration("confirm_timeout", self.confirm_timeout, MIN_CONFIRM..=HOUR);
+        if self.protected_forwards.len() > limits::MAX_LIST {
+            problems.push("protected_forwards", format!("has more than {} entries", limits::MAX_LIST));
         }
-        for name in &self.protected_forwards {
+        for (index, name) in self.protected_forwards.iter().enumerate() {
             if let Err(error) = crate::model::validate_name(name) {
-                problems.push(format!("key `protected_forwards`: {error}"));
+                problems.push_entry("protected_forwards", index, error.to_string());
             }
         }
+        problems.section("serve", |p| self.serve.validate(p));
         if let Some(linux) = &self.linux {
-            match (&linux.dnsmasq, &linux.systemd_unit) {
-                (Some(_), Some(_)) => {
-                    problems.push("[linux]: give either `dnsmasq` or `systemd_unit`, not both".to_string())
-                }
-                (None, None) => problems
-                    .push("[linux]: name the DHCP server with a [linux.dnsmasq] table or `systemd_unit`".to_string()),
-                (Some(d), None) if d.command.is_empty() => {
-                    problems.push("key `linux.dnsmasq.command`: must not be empty".to_string())
-                }
-                _ => {}
-            }
+            problems.section("linux", |p| linux.validate(p));
         }
-        let serve = &self.serve;
-        if serve.tls_cert.is_some() != serve.tls_key.is_some() {
-            problems.push("[serve]: `tls_cert` and `tls_key` come as a pair".to_string());
+        if let Some(openwrt) = &self.openwrt {
+            problems.section("openwrt", |p| openwrt.validate(p));
         }
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { path: path.to_owned(), problems }) }
+        if let Some(routeros) = &self.routeros {
+            problems.section("routeros", |p| routeros.validate(p));
+        }
+        if let Some(manual) = &self.manual {
+            problems.section("manual", |p| manual.validate(p));
+        }
     }
 
     /// The directory for state files, created on first use.
@@ -322,7 +430,7 @@ command = ["dnsmasq"]
 
     #[test]
     fn unknown_backend_is_a_config_error() {
-        check_error(&LINUX.replace("\"linux\"", "\"cisco\""), "unknown backend \"cisco\"");
+        check_error(&LINUX.replace("\"linux\"", "\"cisco\""), "s.toml:2:11: key `backend`: unknown backend \"cisco\"");
     }
 
     #[test]
@@ -339,9 +447,67 @@ command = ["dnsmasq"]
     #[test]
     fn path_from_flag_env_default() {
         let env: HashMap<String, String> = [(PATH_VAR.to_string(), "/e.toml".to_string())].into();
-        assert_eq!(resolve_path(Some(Path::new("/f.toml")), &env), PathBuf::from("/f.toml"));
-        assert_eq!(resolve_path(None, &env), PathBuf::from("/e.toml"));
-        assert_eq!(resolve_path(None, &HashMap::new()), PathBuf::from(DEFAULT_PATH));
+        assert_eq!(resolve_path(Some(Path::new("/f.toml")), &env).unwrap(), PathBuf::from("/f.toml"));
+        assert_eq!(resolve_path(None, &env).unwrap(), PathBuf::from("/e.toml"));
+        assert_eq!(resolve_path(None, &HashMap::new()).unwrap(), PathBuf::from(DEFAULT_PATH));
+    }
+
+    #[test]
+    fn an_empty_variable_is_named() {
+        let env: HashMap<String, String> = [(PATH_VAR.to_string(), String::new())].into();
+        let error = resolve_path(None, &env).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "environment variable METALFLEET_ROUTER_SHIM_CONFIG: is set but empty; unset it or give it a value"
+        );
+    }
+
+    /// Parses `text` as `s.toml` and compares the whole error with `expected`.
+    fn check(text: &str, expected: &str) {
+        let error = Config::parse(Path::new("s.toml"), text).unwrap_err().to_string();
+        assert_eq!(error, expected, "for {text}");
+    }
+
+    #[test]
+    fn zero_and_huge_durations_name_line_and_key() {
+        check(
+            &LINUX.replace("confirm_timeout = \"2s\"", "confirm_timeout = \"0s\""),
+            "s.toml:6:19: key `confirm_timeout`: 0s is out of range; use 1s to 1h",
+        );
+        check(
+            &format!("{LINUX}\n[serve]\nrpc_timeout = \"500us\"\n"),
+            "s.toml:18:15: key `serve.rpc_timeout`: 500us is out of range; use 10ms to 1h",
+        );
+        check(
+            &format!(
+                "{LINUX}\n[manual]\nwan_address = \"192.0.2.1\"\nprobe_interface = \"eth0\"\nprobe_window = \"30days\"\n"
+            ),
+            "s.toml:20:16: key `manual.probe_window`: 30days is out of range; use 100ms to 10m",
+        );
+        check(
+            &format!("{LINUX}\n[openwrt]\nurl = \"http://r/ubus\"\ncredentials_file = \"/c\"\ntimeout = \"0s\"\n"),
+            "s.toml:20:11: key `openwrt.timeout`: 0s is out of range; use 10ms to 1h",
+        );
+    }
+
+    #[test]
+    fn ports_names_and_lists_name_their_entry() {
+        check(
+            &LINUX.replace("wan_interface = \"wan0\"", "wan_interface = \"wan0\"\nmanagement_ports = [22, 0]"),
+            "s.toml:11:25: key `linux.management_ports[1]`: 0 is not a port; use 1 to 65535",
+        );
+        check(
+            &LINUX.replace("wan_interface = \"wan0\"", "wan_interface = \"wan0\"\nmanagement_ports = []"),
+            "s.toml:11:20: key `linux.management_ports`: must not be empty",
+        );
+        check(
+            &LINUX.replace("lan_interface = \"lan0\"", "lan_interface = \"\""),
+            "s.toml:9:17: key `linux.lan_interface`: \"\" is not an interface name (1 to 15 characters, no spaces or `/`)",
+        );
+        check(
+            &LINUX.replace("[\"main-ssh\"]", "[\"main-ssh\", \"\"]"),
+            "s.toml:5:35: key `protected_forwards[1]`: forward name \"\" is invalid; use 1-64 characters from A-Z a-z 0-9 . _ - (no spaces)",
+        );
     }
 }
 

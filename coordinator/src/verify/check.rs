@@ -64,6 +64,9 @@ pub struct Tolerances {
     pub memory_bytes: u64,
 }
 
+/// More slack than a tebibyte would pass any machine we could meet.
+const MAX_MEMORY_SLACK: u64 = 1 << 40;
+
 fn default_memory_percent() -> f64 {
     5.0
 }
@@ -78,6 +81,12 @@ impl Default for Tolerances {
 }
 
 impl Tolerances {
+    /// `[verify.tolerance]`: a share of memory within 0–100 %, an absolute slack of at most 1 TiB.
+    pub fn validate(&self, problems: &mut metalfleet_common::config::bounds::Problems) {
+        problems.number("memory_percent", self.memory_percent, 0.0..=100.0);
+        problems.size("memory_bytes", self.memory_bytes, 0..=MAX_MEMORY_SLACK);
+    }
+
     /// How far below `reference` a memory figure may be and still count as the same memory.
     pub fn memory_slack(&self, reference: u64) -> u64 {
         let share = (reference as f64 * self.memory_percent / 100.0) as u64;

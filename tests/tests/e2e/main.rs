@@ -3,6 +3,7 @@
 //! One test binary for the whole workspace (a build-time choice on a 2-core machine); each area of
 //! the system has its own module.
 
+mod config_bounds;
 mod demo;
 mod foundation;
 mod hostile;
