@@ -6,6 +6,7 @@
 pub mod lab;
 pub mod maas;
 pub mod operations;
+pub mod output;
 pub mod security;
 pub mod verify;
 
