@@ -76,6 +76,9 @@ impl From<ClientError> for CliError {
             ClientError::Usage(_) => CliError::Usage(error.to_string()),
             ClientError::Status(status) if status.code() == tonic::Code::NotFound => CliError::Usage(error.to_string()),
             ClientError::Status(_) => CliError::Failed(error.to_string()),
+            // MAAS or the router, not the coordinator: 69 when it may answer later, 1 when it refused.
+            ClientError::Upstream { code: tonic::Code::Unavailable, .. } => CliError::Unreachable(error.to_string()),
+            ClientError::Upstream { .. } => CliError::Failed(error.to_string()),
         }
     }
 }
