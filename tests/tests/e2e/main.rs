@@ -8,6 +8,7 @@ mod foundation;
 mod lab;
 mod lab_netns;
 mod maas;
+mod output;
 mod redeploy;
 mod security;
 mod verify;
