@@ -285,6 +285,18 @@ mod tests {
         assert_eq!(refused.exit_code(), metalfleet_common::exit::CHECK_FAILED);
         assert!(refused.to_string().contains(MAAS_URL), "{refused}");
 
+        // The same for power and redeploy (OperationsService).
+        let busy = crate::maas::Error::Unavailable {
+            op: "power_on",
+            machine: Subject(Some("abc123".into())),
+            message: "busy".into(),
+            retry_after: None,
+        };
+        let status = crate::grpc::operations_service::status(crate::operations::OpError::Maas(busy));
+        let power: CliError = ClientError::from_status("http://127.0.0.1:7443", status).into();
+        assert_eq!(power.exit_code(), metalfleet_common::exit::UNAVAILABLE);
+        assert!(power.to_string().contains("MAAS") && !power.to_string().contains("coordinator"), "{power}");
+
         // Without a culprit, UNAVAILABLE still means the coordinator itself.
         let own: CliError =
             ClientError::from_status("http://127.0.0.1:7443", tonic::Status::unavailable("draining")).into();
