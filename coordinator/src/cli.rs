@@ -6,6 +6,7 @@
 pub mod lab;
 pub mod maas;
 pub mod operations;
+pub mod output;
 pub mod security;
 pub mod verify;
 
@@ -13,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use comfy_table::{ContentArrangement, Table, presets};
 use metalfleet_common::config::Env;
 use metalfleet_common::exit;
 use serde_json::{Value, json};
 
+use self::output::{NAME_WIDTH, Table, Text, clip};
 use crate::client_config::{self, ClientConfig};
 use crate::config::DEFAULT_STATE_DIR;
 use crate::domain::{Event, Health, MachineView, Sample};
@@ -43,6 +44,9 @@ pub enum CliError {
     Unreachable(String),
     #[error("{0}")]
     Failed(String),
+    /// Stdout was closed by its reader (`fleetctl status | head -0`): the command ends quietly with exit 0.
+    #[error("the output was closed by its reader")]
+    OutputClosed,
 }
 
 impl CliError {
@@ -51,6 +55,16 @@ impl CliError {
             CliError::Usage(_) => exit::USAGE,
             CliError::Unreachable(_) => exit::UNAVAILABLE,
             CliError::Failed(_) => exit::CHECK_FAILED,
+            CliError::OutputClosed => exit::OK,
+        }
+    }
+}
+
+impl From<output::Error> for CliError {
+    fn from(error: output::Error) -> Self {
+        match error {
+            output::Error::Closed => CliError::OutputClosed,
+            output::Error::Write(_) => CliError::Failed(error.to_string()),
         }
     }
 }
@@ -62,6 +76,9 @@ impl From<ClientError> for CliError {
             ClientError::Usage(_) => CliError::Usage(error.to_string()),
             ClientError::Status(status) if status.code() == tonic::Code::NotFound => CliError::Usage(error.to_string()),
             ClientError::Status(_) => CliError::Failed(error.to_string()),
+            // MAAS or the router, not the coordinator: 69 when it may answer later, 1 when it refused.
+            ClientError::Upstream { code: tonic::Code::Unavailable, .. } => CliError::Unreachable(error.to_string()),
+            ClientError::Upstream { .. } => CliError::Failed(error.to_string()),
         }
     }
 }
@@ -97,6 +114,7 @@ pub fn default_config_paths(env: &dyn Env) -> Vec<PathBuf> {
 /// # Errors
 /// [`CliError::Usage`] when a named config file cannot be read, or no address is known.
 pub fn resolve_target(args: &GlobalArgs, env: &dyn Env) -> Result<Target, CliError> {
+    metalfleet_common::config::reject_empty(env).map_err(|e| CliError::Usage(e.to_string()))?;
     let explicit = args.config.clone().or_else(|| env.var("METALFLEET_CLIENT_CONFIG").map(PathBuf::from));
     let file_path = match explicit {
         Some(path) => Some(path),
@@ -240,40 +258,44 @@ pub fn age(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     }
 }
 
-fn table(header: &[&str]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled).set_header(header);
-    table
-}
-
 fn percent(value: Option<f64>) -> String {
     value.map(|v| format!("{v:.0}%")).unwrap_or_else(|| "-".to_string())
 }
 
+/// The columns of `fleetctl status`, before the verdict (see [`verify::status_table`]).
+pub const STATUS_HEADER: [&str; 7] = ["HOSTNAME", "HEALTH", "LAST SEEN", "CPU", "MEMORY", "DISK", "LOAD"];
+
+/// One machine's cells under [`STATUS_HEADER`].
+pub fn status_row(view: &MachineView, now: DateTime<Utc>) -> Vec<String> {
+    let m = &view.machine;
+    let s = view.latest_sample.as_ref();
+    let health = match m.health_reasons.as_slice() {
+        [] => m.health.to_string(),
+        reasons => format!("{} ({})", m.health, reasons.join("; ")),
+    };
+    vec![
+        m.hostname.clone(),
+        health,
+        age(m.last_seen, now),
+        percent(s.map(|s| s.cpu_percent)),
+        percent(s.and_then(memory_percent)),
+        percent(s.and_then(Sample::worst_disk_percent)),
+        s.map(|s| format!("{:.2}", s.load1)).unwrap_or_else(|| "-".to_string()),
+    ]
+}
+
 /// `fleetctl status` as a table: what is wrong should show at a glance.
-pub fn status_table(machines: &[MachineView], now: DateTime<Utc>) -> String {
-    let mut table = table(&["HOSTNAME", "HEALTH", "LAST SEEN", "CPU", "MEMORY", "DISK", "LOAD"]);
-    for view in machines {
-        let m = &view.machine;
-        let s = view.latest_sample.as_ref();
-        let health = match m.health_reasons.as_slice() {
-            [] => m.health.to_string(),
-            reasons => format!("{} ({})", m.health, reasons.join("; ")),
-        };
-        table.add_row(vec![
-            m.hostname.clone(),
-            health,
-            age(m.last_seen, now),
-            percent(s.map(|s| s.cpu_percent)),
-            percent(s.and_then(memory_percent)),
-            percent(s.and_then(Sample::worst_disk_percent)),
-            s.map(|s| format!("{:.2}", s.load1)).unwrap_or_else(|| "-".to_string()),
-        ]);
-    }
+pub fn status_table(machines: &[MachineView], now: DateTime<Utc>) -> Text {
     if machines.is_empty() {
-        return "no machines enrolled yet\n".to_string();
+        return Text::of("no machines enrolled yet");
     }
-    format!("{table}\n")
+    let mut table = Table::new(&STATUS_HEADER).wide(&["HEALTH"]);
+    for view in machines {
+        table.row(status_row(view, now));
+    }
+    let mut text = Text::new();
+    text.table(table);
+    text
 }
 
 /// One machine in `fleetctl machines list --output json`.
@@ -294,14 +316,14 @@ pub fn machine_json(view: &MachineView) -> Value {
     })
 }
 
-pub fn machines_table(machines: &[MachineView], now: DateTime<Utc>) -> String {
+pub fn machines_table(machines: &[MachineView], now: DateTime<Utc>) -> Text {
     if machines.is_empty() {
-        return "no machines enrolled yet\n".to_string();
+        return Text::of("no machines enrolled yet");
     }
-    let mut table = table(&["HOSTNAME", "MACHINE ID", "HEALTH", "SYSTEM ID", "AGENT", "ENROLLED", "LAST SEEN"]);
+    let mut table = Table::new(&["HOSTNAME", "MACHINE ID", "HEALTH", "SYSTEM ID", "AGENT", "ENROLLED", "LAST SEEN"]);
     for view in machines {
         let m = &view.machine;
-        table.add_row(vec![
+        table.row([
             m.hostname.clone(),
             m.id.clone(),
             m.health.to_string(),
@@ -311,7 +333,9 @@ pub fn machines_table(machines: &[MachineView], now: DateTime<Utc>) -> String {
             age(m.last_seen, now),
         ]);
     }
-    format!("{table}\n")
+    let mut text = Text::new();
+    text.table(table);
+    text
 }
 
 /// `fleetctl machines show NAME --output json`: the machine, its inventory, latest sample and history.
@@ -324,61 +348,57 @@ pub fn machine_detail_json(view: &MachineView) -> Value {
     value
 }
 
-pub fn machine_detail_text(view: &MachineView, now: DateTime<Utc>) -> String {
-    use std::fmt::Write;
+/// `fleetctl machines show NAME`: one line per fact, every value escaped by [`Text`].
+pub fn machine_detail_text(view: &MachineView, now: DateTime<Utc>) -> Text {
     let m = &view.machine;
-    let mut out = String::new();
-    let _ = writeln!(out, "hostname:      {}", m.hostname);
-    let _ = writeln!(out, "machine id:    {}", m.id);
-    let _ = writeln!(out, "agent id:      {} (version {})", m.agent_id, m.agent_version);
-    let _ = writeln!(out, "system id:     {}", m.system_id.as_deref().unwrap_or("-"));
-    let _ = writeln!(out, "health:        {}", m.health);
+    let mut out = Text::new();
+    out.line(format!("hostname:      {}", m.hostname));
+    out.line(format!("machine id:    {}", m.id));
+    out.line(format!("agent id:      {} (version {})", m.agent_id, m.agent_version));
+    out.line(format!("system id:     {}", m.system_id.as_deref().unwrap_or("-")));
+    out.line(format!("health:        {}", m.health));
     for reason in &m.health_reasons {
-        let _ = writeln!(out, "               {reason}");
+        out.line(format!("               {reason}"));
     }
-    let _ = writeln!(
-        out,
+    out.line(format!(
         "last seen:     {} ({})",
         optional_time(m.last_seen).as_str().unwrap_or("never"),
         age(m.last_seen, now)
-    );
-    let _ = writeln!(out, "interval:      {:.1}s", f64::from(m.heartbeat_interval_ms) / 1000.0);
-    let _ = writeln!(out, "MACs:          {}", m.mac_addresses.join(", "));
+    ));
+    out.line(format!("interval:      {:.1}s", f64::from(m.heartbeat_interval_ms) / 1000.0));
+    out.line(format!("MACs:          {}", m.mac_addresses.join(", ")));
     match &view.inventory {
         Some(inv) => {
-            let _ = writeln!(
-                out,
+            out.line(format!(
                 "CPU:           {} ({} cores, {} logical)",
                 inv.cpu_model, inv.physical_cores, inv.logical_cpus
-            );
-            let _ = writeln!(out, "memory:        {} bytes", inv.memory_total_bytes);
+            ));
+            out.line(format!("memory:        {} bytes", inv.memory_total_bytes));
             for disk in &inv.disks {
-                let _ = writeln!(
-                    out,
+                out.line(format!(
                     "disk:          {} {} bytes {} {}",
                     disk.name, disk.size_bytes, disk.model, disk.serial
-                );
+                ));
             }
             for nic in &inv.interfaces {
-                let _ = writeln!(
-                    out,
+                out.line(format!(
                     "interface:     {} {} {}{}",
                     nic.name,
                     nic.mac,
                     nic.link_state,
                     if nic.is_virtual { " (virtual)" } else { "" }
-                );
+                ));
             }
-            let _ = writeln!(out, "os:            {} {} (kernel {})", inv.os.name, inv.os.version, inv.os.kernel);
+            out.line(format!("os:            {} {} (kernel {})", inv.os.name, inv.os.version, inv.os.kernel));
         }
         None => {
-            let _ = writeln!(out, "inventory:     not reported yet");
+            out.line("inventory:     not reported yet");
         }
     }
     if !view.history.is_empty() {
-        let mut history = table(&["TAKEN AT", "CPU", "MEMORY", "DISK", "LOAD"]);
+        let mut history = Table::new(&["TAKEN AT", "CPU", "MEMORY", "DISK", "LOAD"]);
         for s in &view.history {
-            history.add_row(vec![
+            history.row([
                 s.taken_at.map(rfc3339).unwrap_or_else(|| "-".to_string()),
                 percent(Some(s.cpu_percent)),
                 percent(memory_percent(s)),
@@ -386,7 +406,7 @@ pub fn machine_detail_text(view: &MachineView, now: DateTime<Utc>) -> String {
                 format!("{:.2}", s.load1),
             ]);
         }
-        let _ = writeln!(out, "\nrecent samples:\n{history}");
+        out.line("").line("recent samples:").table(history);
     }
     out
 }
@@ -405,8 +425,16 @@ pub fn event_json(event: &Event) -> Value {
     })
 }
 
+/// One event as a line of `fleetctl events`: hostname and kind cut to [`NAME_WIDTH`], the message whole (the line
+/// is escaped when printed).
 pub fn event_line(event: &Event) -> String {
-    format!("{}  {:<16} {:<15} {}", rfc3339(event.at), event.hostname, event.kind, event.message)
+    format!(
+        "{}  {:<16} {:<15} {}",
+        rfc3339(event.at),
+        clip(&event.hostname, NAME_WIDTH),
+        clip(&event.kind, NAME_WIDTH),
+        event.message
+    )
 }
 
 /// The coordinator's own condition in `fleetctl status --output json`: `{"health": "healthy"}` or
@@ -583,12 +611,26 @@ mod tests {
     #[test]
     fn status_table_shows_reason_and_age() {
         let now = Utc.timestamp_opt(1_700_000_104, 0).unwrap();
-        let text = status_table(&[view("server1", Health::Degraded, Some(busy_sample()))], now);
+        let text = status_table(&[view("server1", Health::Degraded, Some(busy_sample()))], now).render();
         assert!(text.contains("server1"), "{text}");
         assert!(text.contains("degraded (filesystem / is 95.0% used)"), "{text}");
         assert!(text.contains("3s ago"), "{text}");
         assert!(text.contains("95%"), "{text}");
-        assert_eq!(status_table(&[], now), "no machines enrolled yet\n");
+        assert_eq!(status_table(&[], now).render(), "no machines enrolled yet\n");
+    }
+
+    #[test]
+    fn status_with_a_huge_or_forged_hostname_neither_panics_nor_forges_a_row() {
+        let now = Utc.timestamp_opt(1_700_000_104, 0).unwrap();
+        // The reported panic: `{:<width$}` with a width past u16::MAX ("Formatting argument out of range").
+        let huge = view(&"h".repeat(70_000), Health::Healthy, Some(busy_sample()));
+        let forged = view("evil\nserver2   healthy   1s ago\x1b[2K", Health::Degraded, Some(busy_sample()));
+        let text = verify::status_table(&[huge, forged], &[], now).render();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.lines().all(|l| l.chars().count() < 1000), "{text}");
+        assert!(text.contains("evil\\nserver2") && text.contains("\\x1b[2K"), "{text}");
+        assert!(!text.contains('\x1b'));
+        assert!(text.lines().next().unwrap().trim_end().ends_with("VERDICT"), "{text}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod agent_service;
 pub mod client;
 pub mod convert;
+pub mod culprit;
 pub mod fleet_service;
 pub mod lab_service;
 pub mod operations_service;

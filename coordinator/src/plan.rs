@@ -166,11 +166,15 @@ pub enum PlanError {
     File(#[from] file::FileError),
     #[error("MAAS is not configured on this coordinator; add a [maas] table to its config")]
     NoMaas,
-    #[error("MAAS unreachable while reading {what}: {source}")]
+    /// MAAS failed, not the coordinator: the message names MAAS and its URL, whatever the cause.
+    #[error("MAAS at {url} failed while reading {what}: {source}")]
     Maas {
         what: &'static str,
+        /// The API root the coordinator talks to (`[maas] url`).
+        url: String,
+        /// Boxed so every `Result<_, PlanError>` stays small.
         #[source]
-        source: crate::maas::Error,
+        source: Box<crate::maas::Error>,
     },
     #[error("the router shim at {address} is unreachable or failed: {message}")]
     Router { address: String, message: String },

@@ -1,9 +1,9 @@
 //! `fleetctl`: the operators' command line over the coordinator's FleetService.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use coordinator::cli::output::{self, Format, Output, Text};
 use coordinator::cli::{self, CliError, GlobalArgs, security};
 use coordinator::grpc::client::{self, FleetClient};
 use futures::StreamExt;
@@ -30,14 +30,14 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     token_file: Option<PathBuf>,
     /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    #[arg(long, global = true, value_enum, default_value_t = OutputArg::Table)]
+    output: OutputArg,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+enum OutputArg {
     Table,
     Json,
     /// Only `report`: the lab report as Markdown (other commands print their table).
@@ -262,14 +262,14 @@ fn main() {
         Ok(cli) => cli,
         Err(error) => {
             let code = if error.use_stderr() { exit::USAGE } else { exit::OK };
-            let _ = error.print();
+            let _ = error.print(); // clap ignores a closed stream
             std::process::exit(code);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            output::note(format!("error: cannot start the async runtime: {error}"));
             std::process::exit(exit::UNAVAILABLE);
         }
     };
@@ -277,8 +277,10 @@ fn main() {
         let _telemetry = metalfleet_common::telemetry::init("fleetctl", "warn");
         match run(cli).await {
             Ok(code) => code,
+            // The reader of stdout went away (`| head`): nothing more to say, and nobody to say it to.
+            Err(CliError::OutputClosed) => exit::OK,
             Err(error) => {
-                eprintln!("error: {error}");
+                output::note(format!("error: {error}"));
                 error.exit_code()
             }
         }
@@ -298,43 +300,36 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     let settings = cli::client_settings(&target)?;
     tracing::debug!(url = %target.url, config = ?target.from_file, "connecting");
     let client = client::connect(&settings).await?;
-    let json = cli.output == Output::Json;
+    let format = match cli.output {
+        OutputArg::Table => Format::Table,
+        OutputArg::Json => Format::Json,
+        OutputArg::Markdown => Format::Markdown,
+    };
+    let out = &mut Output::stdout(format);
     match cli.command {
-        Command::Plan { file, prune, verbose } => cli::lab::plan(&client, json, &file, prune, verbose).await,
-        Command::Apply { file, prune, yes } => cli::lab::apply(&client, json, &file, prune, yes, false).await,
-        Command::Export => cli::lab::export(&client).await,
-        Command::Destroy { file, yes } => cli::lab::apply(&client, json, &file, false, yes, true).await,
-        Command::Report => cli::lab::report(&client, json).await,
-        Command::Status { check } => status(&client, json, check).await,
+        Command::Plan { file, prune, verbose } => cli::lab::plan(&client, out, &file, prune, verbose).await,
+        Command::Apply { file, prune, yes } => cli::lab::apply(&client, out, &file, prune, yes, false).await,
+        Command::Export => cli::lab::export(&client, out).await,
+        Command::Destroy { file, yes } => cli::lab::apply(&client, out, &file, false, yes, true).await,
+        Command::Report => cli::lab::report(&client, out).await,
+        Command::Status { check } => status(&client, out, check).await,
         Command::Verify { names, accept: None, .. } => {
             let reports = client.verify(names).await?;
-            if json {
-                print_json(&cli::verify::document(&reports))?;
-            } else {
-                print(&cli::verify::table(&reports))?;
-            }
+            print(out, cli::verify::document(&reports), || cli::verify::table(&reports))?;
             Ok(cli::verify::exit_code(&reports))
         }
         Command::Verify { accept: Some(name), from, .. } => {
             let (report, source) = client.accept(&name, from.as_deref()).await?;
-            if json {
-                print_json(&cli::verify::accepted_json(&report, &source))?;
-            } else {
-                print(&cli::verify::accepted_text(&report, &source))?;
-            }
+            print(out, cli::verify::accepted_json(&report, &source), || cli::verify::accepted_text(&report, &source))?;
             Ok(exit::OK)
         }
         Command::Machines { command: MachinesCommand::Rematch { name } } => {
             let rematched = client.rematch(&name).await?;
-            if json {
-                print_json(&cli::verify::rematched_json(&rematched))?;
-            } else {
-                print(&cli::verify::rematched_text(&rematched))?;
-            }
+            print(out, cli::verify::rematched_json(&rematched), || cli::verify::rematched_text(&rematched))?;
             Ok(exit::OK)
         }
         Command::Machines { command: MachinesCommand::Forget { name, release } } => {
-            cli::operations::forget(&client, json, &name, release).await
+            cli::operations::forget(&client, out, &name, release).await
         }
         Command::Redeploy(args) => {
             let args = cli::operations::RedeployArgs {
@@ -350,13 +345,13 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 max_unavailable: args.max_unavailable,
                 max_failures: args.max_failures,
             };
-            cli::operations::redeploy(&client, json, args).await
+            cli::operations::redeploy(&client, out, args).await
         }
         Command::Operations { command } => match command {
-            OperationsCommand::List { limit } => cli::operations::list(&client, json, limit).await,
-            OperationsCommand::Show { id } => cli::operations::show(&client, json, &id).await,
-            OperationsCommand::Watch { id } => cli::operations::watch(&client, json, &id).await,
-            OperationsCommand::Cancel { id } => cli::operations::cancel(&client, json, &id).await,
+            OperationsCommand::List { limit } => cli::operations::list(&client, out, limit).await,
+            OperationsCommand::Show { id } => cli::operations::show(&client, out, &id).await,
+            OperationsCommand::Watch { id } => cli::operations::watch(&client, out, &id).await,
+            OperationsCommand::Cancel { id } => cli::operations::cancel(&client, out, &id).await,
         },
         Command::Power { action, name } => {
             let action = match action {
@@ -364,73 +359,73 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 PowerCli::Off => proto::v1::PowerAction::Off,
                 PowerCli::Cycle => proto::v1::PowerAction::Cycle,
             };
-            cli::operations::power(&client, json, action, &name).await
+            cli::operations::power(&client, out, action, &name).await
         }
-        Command::Machines { command: MachinesCommand::List } => machines_list(&client, json).await,
+        Command::Machines { command: MachinesCommand::List } => machines_list(&client, out).await,
         Command::Machines { command: MachinesCommand::Show { name, history } } => {
-            machines_show(&client, json, &name, history).await
+            machines_show(&client, out, &name, history).await
         }
-        Command::Events { follow, limit } => events(&client, json, follow, limit.unwrap_or(0)).await,
-        Command::Tokens { command } => {
-            let output = match command {
-                TokensCommand::Create { ttl, machine, uses } => {
-                    security::tokens_create(&client, json, ttl, machine.as_deref(), uses).await?
-                }
-                TokensCommand::List => security::tokens_list(&client, json).await?,
-                TokensCommand::Revoke { id } => security::tokens_revoke(&client, json, &id).await?,
-            };
-            emit(output)
-        }
-        Command::Agents { command } => {
-            let output = match command {
-                AgentsCommand::List => security::agents_list(&client, json).await?,
-                AgentsCommand::Revoke { name } => security::agents_revoke(&client, json, &name).await?,
-            };
-            emit(output)
-        }
-        Command::Audit { limit } => emit(security::audit(&client, json, limit.unwrap_or(0)).await?),
+        Command::Events { follow, limit } => events(&client, out, follow, limit.unwrap_or(0)).await,
+        Command::Tokens { command } => match command {
+            TokensCommand::Create { ttl, machine, uses } => {
+                security::tokens_create(&client, out, ttl, machine.as_deref(), uses).await
+            }
+            TokensCommand::List => security::tokens_list(&client, out).await,
+            TokensCommand::Revoke { id } => security::tokens_revoke(&client, out, &id).await,
+        },
+        Command::Agents { command } => match command {
+            AgentsCommand::List => security::agents_list(&client, out).await,
+            AgentsCommand::Revoke { name } => security::agents_revoke(&client, out, &name).await,
+        },
+        Command::Audit { limit } => security::audit(&client, out, limit.unwrap_or(0)).await,
     }
 }
 
-async fn status(client: &FleetClient, json: bool, check: bool) -> Result<i32, CliError> {
+/// JSON when asked for, else the text (built only then).
+fn print(out: &mut Output, json: serde_json::Value, text: impl FnOnce() -> Text) -> Result<(), CliError> {
+    if out.is_json() {
+        out.json(&json)?
+    } else {
+        out.text(&text())?
+    }
+    Ok(())
+}
+
+async fn status(client: &FleetClient, out: &mut Output, check: bool) -> Result<i32, CliError> {
     let (machines, degraded) = client.fleet_status().await?;
     // The lost-node verdicts; an older coordinator without VerifyService gives none.
     let verdicts = client.node_verdicts().await?;
-    if json {
-        let mut document = cli::verify::status_document(&machines, &verdicts);
-        document["coordinator"] = cli::coordinator_json(degraded.as_ref());
-        print_json(&document)?;
-    } else {
+    let mut document = cli::verify::status_document(&machines, &verdicts);
+    document["coordinator"] = cli::coordinator_json(degraded.as_ref());
+    print(out, document, || {
+        let mut text = Text::new();
         if let Some(banner) = cli::degraded_banner(degraded.as_ref()) {
-            print(&banner)?;
+            for line in banner.lines() {
+                text.line(line);
+            }
         }
-        print(&cli::verify::status_table(&machines, &verdicts, chrono::Utc::now()))?;
-    }
+        text.append(cli::verify::status_table(&machines, &verdicts, chrono::Utc::now()));
+        text
+    })?;
     Ok(if check { cli::status_exit_code(&machines) } else { exit::OK })
 }
 
-async fn machines_list(client: &FleetClient, json: bool) -> Result<i32, CliError> {
+async fn machines_list(client: &FleetClient, out: &mut Output) -> Result<i32, CliError> {
     let machines = client.list_machines().await?;
     if let Some((maas, sync)) = client.list_maas_machines().await? {
-        if json {
-            print_json(&cli::maas::list_document(&maas, &sync, &machines))?;
-        } else {
-            print(&cli::maas::list_table(&maas, &sync, &machines))?;
-        }
+        print(out, cli::maas::list_document(&maas, &sync, &machines), || {
+            cli::maas::list_table(&maas, &sync, &machines)
+        })?;
         return Ok(exit::OK);
     }
-    if json {
-        let list: Vec<_> = machines.iter().map(cli::machine_json).collect();
-        print_json(&serde_json::json!({ "machines": list }))?;
-    } else {
-        print(&cli::machines_table(&machines, chrono::Utc::now()))?;
-    }
+    let list: Vec<_> = machines.iter().map(cli::machine_json).collect();
+    print(out, serde_json::json!({ "machines": list }), || cli::machines_table(&machines, chrono::Utc::now()))?;
     Ok(exit::OK)
 }
 
 /// The agent's view, plus the MAAS part when the coordinator polls MAAS; a machine only MAAS knows shows
 /// its MAAS part alone.
-async fn machines_show(client: &FleetClient, json: bool, name: &str, history: u32) -> Result<i32, CliError> {
+async fn machines_show(client: &FleetClient, out: &mut Output, name: &str, history: u32) -> Result<i32, CliError> {
     let (view, not_found) = match client.machine(name, history).await {
         Ok(view) => (Some(view), None),
         Err(client::ClientError::Status(status)) if status.code() == tonic::Code::NotFound => {
@@ -447,23 +442,25 @@ async fn machines_show(client: &FleetClient, json: bool, name: &str, history: u3
         (None, None) => {
             Err(not_found.map(CliError::from).unwrap_or_else(|| CliError::Usage(format!("no machine {name}"))))
         }
-        (Some(view), found) if json => {
+        (Some(view), found) if out.is_json() => {
             let mut value = cli::machine_detail_json(&view);
             if let Some((machine, sync)) = found {
                 value["maas"] = cli::maas::machine_json(&machine);
                 value["maas_sync"] = cli::maas::sync_json(&sync);
             }
-            print_json(&value).map(|()| exit::OK)
+            out.json(&value)?;
+            Ok(exit::OK)
         }
         (Some(view), found) => {
             let mut text = cli::machine_detail_text(&view, now);
             if let Some((machine, sync)) = found {
-                text.push('\n');
-                text.push_str(&cli::maas::detail_text(&machine, &sync, now));
+                text.line("");
+                text.append(cli::maas::detail_text(&machine, &sync, now));
             }
-            print(&text).map(|()| exit::OK)
+            out.text(&text)?;
+            Ok(exit::OK)
         }
-        (None, Some((machine, sync))) if json => {
+        (None, Some((machine, sync))) if out.is_json() => {
             let value = serde_json::json!({
                 "hostname": machine.hostname,
                 "system_id": machine.system_id,
@@ -471,46 +468,27 @@ async fn machines_show(client: &FleetClient, json: bool, name: &str, history: u3
                 "maas": cli::maas::machine_json(&machine),
                 "maas_sync": cli::maas::sync_json(&sync),
             });
-            print_json(&value).map(|()| exit::OK)
+            out.json(&value)?;
+            Ok(exit::OK)
         }
         (None, Some((machine, sync))) => {
-            let text = format!("agent:         not enrolled\n\n{}", cli::maas::detail_text(&machine, &sync, now));
-            print(&text).map(|()| exit::OK)
+            let mut text = Text::of("agent:         not enrolled");
+            text.line("").append(cli::maas::detail_text(&machine, &sync, now));
+            out.text(&text)?;
+            Ok(exit::OK)
         }
     }
 }
 
-async fn events(client: &FleetClient, json: bool, follow: bool, limit: u32) -> Result<i32, CliError> {
+async fn events(client: &FleetClient, out: &mut Output, follow: bool, limit: u32) -> Result<i32, CliError> {
     let mut stream = Box::pin(client.events(0, follow, limit).await?);
     while let Some(event) = stream.next().await {
         let event = event?;
-        let line = if json {
-            serde_json::to_string(&cli::event_json(&event)).map_err(|e| CliError::Failed(e.to_string()))?
+        if out.is_json() {
+            out.json_line(&cli::event_json(&event))?;
         } else {
-            cli::event_line(&event)
-        };
-        print(&format!("{line}\n"))?;
+            out.line(cli::event_line(&event))?;
+        }
     }
     Ok(exit::OK)
-}
-
-fn emit(output: security::Output) -> Result<i32, CliError> {
-    match output {
-        security::Output::Json(value) => print_json(&value)?,
-        security::Output::Text(text) => print(&text)?,
-    }
-    Ok(exit::OK)
-}
-
-fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
-    print(&format!("{text}\n"))
-}
-
-/// Writes to stdout and flushes, so `--follow` output reaches pipes at once.
-fn print(text: &str) -> Result<(), CliError> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| CliError::Failed(format!("cannot write output: {e}")))
 }

@@ -10,6 +10,7 @@ use proto::v1 as pb;
 use serde_json::{Value, json};
 
 use super::CliError;
+use super::output::{self, Output, Text};
 use crate::grpc::client::FleetClient;
 use crate::plan::{Action, LabFile, Step};
 
@@ -31,30 +32,30 @@ fn step_json(step: &Step) -> Value {
 }
 
 /// The plan as text; unchanged steps only with `verbose`.
-pub fn plan_text(steps: &[Step], verbose: bool) -> String {
-    let mut out = String::new();
+pub fn plan_text(steps: &[Step], verbose: bool) -> Text {
+    let mut out = Text::new();
     for step in steps.iter().filter(|s| verbose || s.action != Action::Unchanged) {
-        out.push_str(&format!("{step}\n"));
+        out.line(step);
     }
     let changes = steps.iter().filter(|s| s.action.is_change()).count();
     let unchanged = steps.iter().filter(|s| s.action == Action::Unchanged).count();
     if changes == 0 {
-        out.push_str(&format!("No changes. The lab matches the plan ({unchanged} unchanged).\n"));
+        out.line(format!("No changes. The lab matches the plan ({unchanged} unchanged)."));
     } else {
-        out.push_str(&format!("Plan: {changes} to change, {unchanged} unchanged.\n"));
+        out.line(format!("Plan: {changes} to change, {unchanged} unchanged."));
     }
     out
 }
 
-fn stale_text(stale: &pb::LabStale) -> String {
+fn stale_text(stale: &pb::LabStale) -> Text {
     let age = if stale.age_seconds < 0.0 { "never read".to_string() } else { format!("{:.0}s ago", stale.age_seconds) };
-    let mut out = format!(
-        "MAAS unreachable: {}\nShowing the last known MAAS state from {} ({age}, stale):\n",
-        stale.reason,
+    let mut out = Text::of(format!("MAAS unreachable: {}", stale.reason));
+    out.line(format!(
+        "Showing the last known MAAS state from {} ({age}, stale):",
         if stale.last_success_at.is_empty() { "never" } else { &stale.last_success_at }
-    );
+    ));
     for m in &stale.machines {
-        out.push_str(&format!("  {m}\n"));
+        out.line(format!("  {m}"));
     }
     out
 }
@@ -65,7 +66,7 @@ fn stale_text(stale: &pb::LabStale) -> String {
 /// The file is bad or the coordinator unreachable.
 pub async fn plan(
     client: &FleetClient,
-    json_out: bool,
+    out: &mut Output,
     path: &Path,
     prune: bool,
     verbose: bool,
@@ -73,31 +74,27 @@ pub async fn plan(
     let text = load(path)?;
     let answer = client.lab_plan(text, prune).await?;
     if let Some(stale) = &answer.stale {
-        if json_out {
-            println!(
-                "{}",
-                json!({"stale": {"reason": stale.reason, "age_seconds": stale.age_seconds,
-                "last_success_at": stale.last_success_at, "machines": stale.machines}, "steps": []})
-            );
+        if out.is_json() {
+            out.json(&json!({"stale": {"reason": stale.reason, "age_seconds": stale.age_seconds,
+                "last_success_at": stale.last_success_at, "machines": stale.machines}, "steps": []}))?;
         } else {
-            print!("{}", stale_text(stale));
+            out.text(&stale_text(stale))?;
         }
         return Ok(exit::UNAVAILABLE);
     }
-    if json_out {
+    if out.is_json() {
         let changes = answer.steps.iter().filter(|s| s.action.is_change()).count();
-        println!(
-            "{}",
-            json!({"steps": answer.steps.iter().map(step_json).collect::<Vec<_>>(), "changes": changes, "stale": null})
-        );
+        out.json(
+            &json!({"steps": answer.steps.iter().map(step_json).collect::<Vec<_>>(), "changes": changes, "stale": null}),
+        )?;
     } else {
-        print!("{}", plan_text(&answer.steps, verbose));
+        out.text(&plan_text(&answer.steps, verbose))?;
     }
     Ok(exit::OK)
 }
 
 fn confirm(question: &str) -> bool {
-    eprint!("{question} Only 'yes' will be accepted: ");
+    let _ = write!(std::io::stderr(), "{question} Only 'yes' will be accepted: ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).is_ok() && line.trim() == "yes"
@@ -109,21 +106,22 @@ fn confirm(question: &str) -> bool {
 /// The file is bad, the coordinator unreachable, or MAAS unreachable (apply refused).
 pub async fn apply(
     client: &FleetClient,
-    json_out: bool,
+    out: &mut Output,
     path: &Path,
     prune: bool,
     yes: bool,
     destroy: bool,
 ) -> Result<i32, CliError> {
     let text = load(path)?;
+    let json_out = out.is_json();
     if !destroy {
         let answer = client.lab_plan(text.clone(), prune).await?;
         if let Some(stale) = &answer.stale {
-            return Err(CliError::Unreachable(format!("apply refused: {}", stale_text(stale).trim_end())));
+            return Err(CliError::Unreachable(format!("apply refused: {}", stale_text(stale).render().trim_end())));
         }
         let changes = answer.steps.iter().filter(|s| s.action.is_change()).count();
         if !json_out {
-            print!("{}", plan_text(&answer.steps, false));
+            out.text(&plan_text(&answer.steps, false))?;
         }
         if changes > 0 && !yes && !confirm("Apply these changes?") {
             return Err(CliError::Usage("apply cancelled; nothing was changed".into()));
@@ -147,20 +145,20 @@ pub async fn apply(
     while let Some(item) = stream.next().await {
         let p = item?;
         if json_out {
-            println!("{}", progress_json(&p));
+            out.json_line(&progress_json(&p))?;
         }
         match p.kind.as_str() {
             "started" if !json_out => {
                 let summary = p.step.as_ref().map(|s| s.summary.clone()).unwrap_or_default();
-                eprintln!("[{}/{}] {summary}", p.index + 1, p.total);
+                output::note(format!("[{}/{}] {summary}", p.index + 1, p.total));
             }
             "working" if !json_out => match &bar {
                 Some(bar) => {
                     bar.set_length(p.goal.max(1));
                     bar.set_position(p.current);
-                    bar.set_message(p.message.clone());
+                    bar.set_message(output::escape(&p.message).into_owned());
                 }
-                None => eprintln!("      {}", p.message),
+                None => output::note(format!("      {}", p.message)),
             },
             "done" => {
                 if let Some(bar) = &bar {
@@ -180,9 +178,13 @@ pub async fn apply(
             "finished" => {
                 if !json_out {
                     if p.changes == 0 {
-                        println!("No changes. The lab matches the plan.");
+                        out.line("No changes. The lab matches the plan.")?;
                     } else {
-                        println!("{} complete: {} change(s).", if destroy { "Destroy" } else { "Apply" }, p.changes);
+                        out.line(format!(
+                            "{} complete: {} change(s).",
+                            if destroy { "Destroy" } else { "Apply" },
+                            p.changes
+                        ))?;
                     }
                 }
                 outcome = Ok(exit::OK);
@@ -202,25 +204,55 @@ fn progress_json(p: &pb::LabProgress) -> Value {
     })
 }
 
-/// `fleetctl export`: the plan file of the live lab on stdout.
+/// `fleetctl export`: the plan file of the live lab on stdout, as TOML (the table and Markdown output) or as the
+/// same plan in JSON.
 ///
 /// # Errors
 /// The coordinator or MAAS unreachable.
-pub async fn export(client: &FleetClient) -> Result<i32, CliError> {
-    print!("{}", client.lab_export().await?);
+pub async fn export(client: &FleetClient, out: &mut Output) -> Result<i32, CliError> {
+    let lab_toml = client.lab_export().await?;
+    if out.is_json() {
+        out.json(&toml_to_json(&lab_toml)?)?;
+    } else {
+        out.document(&lab_toml)?;
+    }
     Ok(exit::OK)
+}
+
+/// The plan file as JSON: tables become objects, arrays of tables arrays of objects, values keep their type.
+fn toml_to_json(lab_toml: &str) -> Result<Value, CliError> {
+    let table: toml::Table = toml::from_str(lab_toml).map_err(|e| {
+        CliError::Failed(format!("the coordinator exported a plan that is not TOML ({e}); report this as a bug"))
+    })?;
+    serde_json::to_value(table).map_err(|e| CliError::Failed(format!("cannot turn the exported plan into JSON: {e}")))
 }
 
 /// `fleetctl report [--output markdown|json]`.
 ///
 /// # Errors
 /// The coordinator or MAAS unreachable.
-pub async fn report(client: &FleetClient, json_out: bool) -> Result<i32, CliError> {
+pub async fn report(client: &FleetClient, out: &mut Output) -> Result<i32, CliError> {
     let (json_text, markdown) = client.lab_report().await?;
-    if json_out {
-        println!("{json_text}");
+    if out.is_json() {
+        let value: Value = serde_json::from_str(&json_text)
+            .map_err(|e| CliError::Failed(format!("the coordinator sent a report that is not JSON: {e}")))?;
+        out.json(&value)?;
     } else {
-        print!("{markdown}");
+        out.document(&markdown)?;
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exported_plan_reads_the_same_in_json() {
+        let lab = "[maas]\nupstream_dns = [\"172.20.129.131\"]\n\n[[machines]]\nhostname = \"server1\"\nmacs = []\n";
+        let value = toml_to_json(lab).unwrap();
+        assert_eq!(value["maas"]["upstream_dns"][0], "172.20.129.131");
+        assert_eq!(value["machines"][0]["hostname"], "server1");
+        assert!(toml_to_json("not = [toml").is_err());
+    }
 }

@@ -4,12 +4,11 @@
 //! hostname), so one line shows what MAAS says and how the agent feels. Enrolled agents MAAS does not know
 //! are listed after them, with empty MAAS columns.
 
-use std::fmt::Write as _;
-
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{optional_time, rfc3339, table};
+use super::output::{Table, Text};
+use super::{optional_time, rfc3339};
 use crate::domain::MachineView;
 use crate::domain::maas::{MaasMachine, MaasSyncStatus};
 
@@ -150,12 +149,23 @@ fn gb(bytes: u64) -> String {
 }
 
 /// `fleetctl machines list` with MAAS: the MAAS columns, the agent's health, then the freshness line.
-pub fn list_table(machines: &[MaasMachine], sync: &MaasSyncStatus, agents: &[MachineView]) -> String {
-    let mut table =
-        table(&["HOSTNAME", "SYSTEM ID", "MAAS STATUS", "POWER", "OWNER", "IPS", "CPUS", "MEMORY", "STORAGE", "AGENT"]);
+pub fn list_table(machines: &[MaasMachine], sync: &MaasSyncStatus, agents: &[MachineView]) -> Text {
+    let mut table = Table::new(&[
+        "HOSTNAME",
+        "SYSTEM ID",
+        "MAAS STATUS",
+        "POWER",
+        "OWNER",
+        "IPS",
+        "CPUS",
+        "MEMORY",
+        "STORAGE",
+        "AGENT",
+    ])
+    .wide(&["IPS"]);
     let dash = || "-".to_string();
     for m in machines {
-        table.add_row(vec![
+        table.row([
             m.hostname.clone(),
             m.system_id.clone(),
             m.status_name.clone(),
@@ -172,39 +182,41 @@ pub fn list_table(machines: &[MaasMachine], sync: &MaasSyncStatus, agents: &[Mac
         let mut row = vec![agent.machine.hostname.clone(), agent.machine.system_id.clone().unwrap_or_else(dash)];
         row.extend(std::iter::repeat_n(dash(), 7));
         row.push(agent.machine.health.to_string());
-        table.add_row(row);
+        table.row(row);
     }
-    let body = if machines.is_empty() && agents.is_empty() {
-        "no machines in MAAS and none enrolled\n".to_string()
+    let mut text = Text::new();
+    if machines.is_empty() && agents.is_empty() {
+        text.line("no machines in MAAS and none enrolled");
     } else {
-        format!("{table}\n")
-    };
-    format!("{body}{}\n", freshness_line(sync))
+        text.table(table);
+    }
+    text.line(freshness_line(sync));
+    text
 }
 
 /// The MAAS part of `fleetctl machines show`.
-pub fn detail_text(m: &MaasMachine, sync: &MaasSyncStatus, now: DateTime<Utc>) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "MAAS:");
-    let _ = writeln!(out, "  system id:   {}", m.system_id);
-    let _ = writeln!(out, "  hostname:    {}", m.hostname);
-    let _ = writeln!(out, "  status:      {} ({})", m.status_name, m.status);
-    let _ = writeln!(out, "  power:       {}", m.power_state);
-    let _ = writeln!(out, "  owner:       {}", m.owner.as_deref().unwrap_or("-"));
-    let _ = writeln!(out, "  zone/pool:   {}/{}", m.zone, m.pool);
-    let _ = writeln!(out, "  IPs:         {}", m.ip_addresses.join(", "));
-    let _ = writeln!(out, "  tags:        {}", m.tags.join(", "));
-    let _ = writeln!(out, "  CPUs:        {} at {} MHz", m.cpu_count, m.cpu_speed_mhz);
-    let _ = writeln!(out, "  memory:      {} bytes", m.memory_bytes());
-    let _ = writeln!(out, "  storage:     {} bytes", m.storage_bytes);
+pub fn detail_text(m: &MaasMachine, sync: &MaasSyncStatus, now: DateTime<Utc>) -> Text {
+    let mut out = Text::new();
+    out.line("MAAS:");
+    out.line(format!("  system id:   {}", m.system_id));
+    out.line(format!("  hostname:    {}", m.hostname));
+    out.line(format!("  status:      {} ({})", m.status_name, m.status));
+    out.line(format!("  power:       {}", m.power_state));
+    out.line(format!("  owner:       {}", m.owner.as_deref().unwrap_or("-")));
+    out.line(format!("  zone/pool:   {}/{}", m.zone, m.pool));
+    out.line(format!("  IPs:         {}", m.ip_addresses.join(", ")));
+    out.line(format!("  tags:        {}", m.tags.join(", ")));
+    out.line(format!("  CPUs:        {} at {} MHz", m.cpu_count, m.cpu_speed_mhz));
+    out.line(format!("  memory:      {} bytes", m.memory_bytes()));
+    out.line(format!("  storage:     {} bytes", m.storage_bytes));
     for d in &m.disks {
-        let _ = writeln!(out, "  disk:        {} {} bytes {} {}", d.name, d.size_bytes, d.model, d.serial);
+        out.line(format!("  disk:        {} {} bytes {} {}", d.name, d.size_bytes, d.model, d.serial));
     }
     for i in &m.interfaces {
-        let _ = writeln!(out, "  interface:   {} {} {} Mbit/s", i.name, i.mac_address, i.link_speed_mbps);
+        out.line(format!("  interface:   {} {} {} Mbit/s", i.name, i.mac_address, i.link_speed_mbps));
     }
-    let _ = writeln!(out, "  changed:     {} ({})", rfc3339(m.updated_at), super::age(Some(m.updated_at), now));
-    let _ = writeln!(out, "  {}", freshness_line(sync));
+    out.line(format!("  changed:     {} ({})", rfc3339(m.updated_at), super::age(Some(m.updated_at), now)));
+    out.line(format!("  {}", freshness_line(sync)));
     out
 }
 
@@ -304,7 +316,7 @@ mod tests {
         assert_eq!(list[2]["hostname"], "laptop");
         assert_eq!(list[2]["status"], Value::Null);
 
-        let text = list_table(&machines, &sync(Some(133.0), true, Some("down")), &agents);
+        let text = list_table(&machines, &sync(Some(133.0), true, Some("down")), &agents).render();
         assert!(text.contains("server2") && text.contains("healthy") && text.contains("not enrolled"), "{text}");
         assert!(text.contains("16 GiB") && text.contains("480 GB"), "{text}");
         assert!(text.ends_with("MAAS state from 2m13s ago (stale: MAAS unreachable: down)\n"), "{text}");
@@ -318,7 +330,7 @@ mod tests {
         let view = agent("m1", "server2", Health::Healthy);
         assert_eq!(find(&machines, "m1", Some(&view)).map(|m| m.system_id.as_str()), Some("bbb"));
         assert!(find(&machines, "nope", None).is_none());
-        let text = detail_text(&machines[0], &sync(Some(1.0), false, None), at(60));
+        let text = detail_text(&machines[0], &sync(Some(1.0), false, None), at(60)).render();
         assert!(text.contains("status:      Deployed (6)"), "{text}");
     }
 }

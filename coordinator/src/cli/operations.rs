@@ -1,16 +1,17 @@
 //! fleetctl's `redeploy`, `operations list|show|watch|cancel`, `power` and `machines forget`.
 
 use std::io::IsTerminal as _;
+use std::io::Write as _;
 use std::path::Path;
 
 use chrono::SecondsFormat;
-use comfy_table::Table;
 use futures::StreamExt as _;
 use metalfleet_common::exit;
 use proto::v1 as pb;
 use serde_json::{Value, json};
 
 use super::CliError;
+use super::output::{self, NAME_WIDTH, Output, Table, Text, clip};
 use crate::grpc::client::FleetClient;
 use crate::grpc::convert::operations::operation_from_wire;
 use crate::operations::{OpState, Operation};
@@ -58,33 +59,31 @@ pub fn operation_json(op: &Operation) -> Value {
     })
 }
 
-pub fn operation_text(op: &Operation) -> String {
-    let mut out = format!("operation {} ({}): {}", op.id, op.kind, op.state.as_str());
+pub fn operation_text(op: &Operation) -> Text {
+    let mut out = Text::new();
+    let mut head = format!("operation {} ({}): {}", op.id, op.kind, op.state.as_str());
     if !op.message.is_empty() {
-        out.push_str(&format!(" - {}", op.message));
+        head.push_str(&format!(" - {}", op.message));
     }
-    out.push_str(&format!(
-        "\nmax unavailable {}, max failures {}, distro {}\n",
+    out.line(head);
+    out.line(format!(
+        "max unavailable {}, max failures {}, distro {}",
         op.max_unavailable, op.max_failures, op.distro_series
     ));
-    let mut table = Table::new();
-    table.load_preset(comfy_table::presets::NOTHING);
-    table.set_header(["MACHINE", "BATCH", "STATE", "STEP", "MESSAGE"]);
+    let mut table = Table::new(&["MACHINE", "BATCH", "STATE", "STEP", "MESSAGE"]).wide(&["MESSAGE"]);
     for m in &op.machines {
         let step = m.step().map(|s| format!("{} ({})", s.step.as_str(), s.state.as_str())).unwrap_or_default();
-        table.add_row([m.hostname.clone(), m.batch.to_string(), m.state.as_str().to_string(), step, m.message.clone()]);
+        table.row([m.hostname.clone(), m.batch.to_string(), m.state.as_str().to_string(), step, m.message.clone()]);
     }
-    out.push_str(&table.to_string());
-    out.push('\n');
+    out.table(table);
     out
 }
 
-fn operations_table(ops: &[Operation]) -> String {
-    let mut table = Table::new();
-    table.load_preset(comfy_table::presets::NOTHING);
-    table.set_header(["ID", "KIND", "STATE", "MACHINES", "CREATED", "MESSAGE"]);
+fn operations_table(ops: &[Operation]) -> Text {
+    let mut table =
+        Table::new(&["ID", "KIND", "STATE", "MACHINES", "CREATED", "MESSAGE"]).wide(&["MACHINES", "MESSAGE"]);
     for op in ops {
-        table.add_row([
+        table.row([
             op.id.clone(),
             op.kind.clone(),
             op.state.as_str().to_string(),
@@ -93,14 +92,16 @@ fn operations_table(ops: &[Operation]) -> String {
             op.message.clone(),
         ]);
     }
-    format!("{table}\n")
+    let mut text = Text::new();
+    text.table(table);
+    text
 }
 
 /// `fleetctl redeploy`.
 ///
 /// # Errors
 /// Bad usage (64), the coordinator unreachable (69), or its refusal.
-pub async fn redeploy(client: &FleetClient, json_out: bool, args: RedeployArgs) -> Result<i32, CliError> {
+pub async fn redeploy(client: &FleetClient, out: &mut Output, args: RedeployArgs) -> Result<i32, CliError> {
     let rolling = args.tag.is_some() || args.pool.is_some() || args.all;
     if rolling && !args.names.is_empty() {
         return Err(CliError::Usage("name machines or use --tag/--pool/--all, not both".into()));
@@ -128,14 +129,14 @@ pub async fn redeploy(client: &FleetClient, json_out: bool, args: RedeployArgs) 
     if args.dry_run || (args.all && !args.yes) {
         let answer = client.call(ops.redeploy(request(true))).await?;
         if args.dry_run {
-            if json_out {
-                println!("{}", json!({"dry_run": true, "plan": plan_json(&answer.plan)}));
+            if out.is_json() {
+                out.json(&json!({"dry_run": true, "plan": plan_json(&answer.plan)}))?;
             } else {
-                print!("{}", plan_text(&answer.plan));
+                out.text(&plan_text(&answer.plan))?;
             }
             return Ok(exit::OK);
         }
-        print!("{}", plan_text(&answer.plan));
+        out.text(&plan_text(&answer.plan))?;
         if !confirm("redeploy every machine above (their disks are wiped)?")? {
             return Err(CliError::Usage("not confirmed; nothing was changed (pass --yes to skip the question)".into()));
         }
@@ -143,15 +144,16 @@ pub async fn redeploy(client: &FleetClient, json_out: bool, args: RedeployArgs) 
     let answer = client.call(ops.redeploy(request(false))).await?;
     let op = wire(answer.operation.ok_or_else(|| CliError::Failed("the coordinator started no operation".into()))?)?;
     if !args.wait {
-        if json_out {
-            println!("{}", operation_json(&op));
+        if out.is_json() {
+            out.json(&operation_json(&op))?;
         } else {
-            print!("{}", operation_text(&op));
-            println!("follow it with: fleetctl operations watch {}", op.id);
+            let mut text = operation_text(&op);
+            text.line(format!("follow it with: fleetctl operations watch {}", op.id));
+            out.text(&text)?;
         }
         return Ok(exit::OK);
     }
-    watch(client, json_out, &op.id).await
+    watch(client, out, &op.id).await
 }
 
 fn plan_json(plan: &[pb::PlannedMachine]) -> Value {
@@ -163,13 +165,13 @@ fn plan_json(plan: &[pb::PlannedMachine]) -> Value {
         .collect()
 }
 
-fn plan_text(plan: &[pb::PlannedMachine]) -> String {
-    let mut out = String::from("plan:\n");
+fn plan_text(plan: &[pb::PlannedMachine]) -> Text {
+    let mut out = Text::of("plan:");
     for p in plan {
         if p.refused.is_empty() {
-            out.push_str(&format!("  batch {}: redeploy {} ({})\n", p.batch + 1, p.hostname, p.system_id));
+            out.line(format!("  batch {}: redeploy {} ({})", p.batch + 1, p.hostname, p.system_id));
         } else {
-            out.push_str(&format!("  skip {}: {}\n", p.hostname, p.refused));
+            out.line(format!("  skip {}: {}", p.hostname, p.refused));
         }
     }
     out
@@ -179,7 +181,7 @@ fn confirm(question: &str) -> Result<bool, CliError> {
     if !std::io::stdin().is_terminal() {
         return Err(CliError::Usage(format!("{question} needs confirmation and stdin is not a terminal; pass --yes")));
     }
-    eprint!("{question} [y/N] ");
+    let _ = write!(std::io::stderr(), "{question} [y/N] ");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).map_err(|e| CliError::Usage(format!("cannot read the answer: {e}")))?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
@@ -189,13 +191,13 @@ fn confirm(question: &str) -> Result<bool, CliError> {
 ///
 /// # Errors
 /// The coordinator unreachable or refusing.
-pub async fn list(client: &FleetClient, json_out: bool, limit: u32) -> Result<i32, CliError> {
+pub async fn list(client: &FleetClient, out: &mut Output, limit: u32) -> Result<i32, CliError> {
     let answer = client.call(client.operations().list_operations(pb::ListOperationsRequest { limit })).await?;
     let ops = answer.operations.into_iter().map(wire).collect::<Result<Vec<_>, _>>()?;
-    if json_out {
-        println!("{}", json!({"operations": ops.iter().map(operation_json).collect::<Vec<_>>()}));
+    if out.is_json() {
+        out.json(&json!({"operations": ops.iter().map(operation_json).collect::<Vec<_>>()}))?;
     } else {
-        print!("{}", operations_table(&ops));
+        out.text(&operations_table(&ops))?;
     }
     Ok(exit::OK)
 }
@@ -204,13 +206,9 @@ pub async fn list(client: &FleetClient, json_out: bool, limit: u32) -> Result<i3
 ///
 /// # Errors
 /// An unknown id (64), the coordinator unreachable or refusing.
-pub async fn show(client: &FleetClient, json_out: bool, id: &str) -> Result<i32, CliError> {
+pub async fn show(client: &FleetClient, out: &mut Output, id: &str) -> Result<i32, CliError> {
     let op = wire(client.call(client.operations().get_operation(pb::GetOperationRequest { id: id.into() })).await?)?;
-    if json_out {
-        println!("{}", operation_json(&op));
-    } else {
-        print!("{}", operation_text(&op));
-    }
+    print_operation(out, &op)?;
     Ok(exit::OK)
 }
 
@@ -218,15 +216,20 @@ pub async fn show(client: &FleetClient, json_out: bool, id: &str) -> Result<i32,
 ///
 /// # Errors
 /// An unknown or ended operation, the coordinator unreachable or refusing.
-pub async fn cancel(client: &FleetClient, json_out: bool, id: &str) -> Result<i32, CliError> {
+pub async fn cancel(client: &FleetClient, out: &mut Output, id: &str) -> Result<i32, CliError> {
     let request = pb::CancelOperationRequest { id: id.into() };
     let op = wire(client.call(client.operations().cancel_operation(request)).await?)?;
-    if json_out {
-        println!("{}", operation_json(&op));
-    } else {
-        print!("{}", operation_text(&op));
-    }
+    print_operation(out, &op)?;
     Ok(exit::OK)
+}
+
+fn print_operation(out: &mut Output, op: &Operation) -> Result<(), CliError> {
+    if out.is_json() {
+        out.json(&operation_json(op))?
+    } else {
+        out.text(&operation_text(op))?
+    }
+    Ok(())
 }
 
 /// `fleetctl operations watch ID` (and `redeploy --wait`): live progress until the operation ends; JSON output
@@ -234,7 +237,8 @@ pub async fn cancel(client: &FleetClient, json_out: bool, id: &str) -> Result<i3
 ///
 /// # Errors
 /// The coordinator unreachable or refusing.
-pub async fn watch(client: &FleetClient, json_out: bool, id: &str) -> Result<i32, CliError> {
+pub async fn watch(client: &FleetClient, out: &mut Output, id: &str) -> Result<i32, CliError> {
+    let json_out = out.is_json();
     let mut stream = client
         .operations()
         .watch_operation(pb::GetOperationRequest { id: id.into() })
@@ -251,13 +255,13 @@ pub async fn watch(client: &FleetClient, json_out: bool, id: &str) -> Result<i32
     while let Some(item) = stream.next().await {
         let op = wire(item.map_err(|s| CliError::from(client.error(s)))?)?;
         if json_out {
-            println!("{}", operation_json(&op));
+            out.json_line(&operation_json(&op))?;
         } else if let Some(progress) = &progress {
             while bars.len() < op.machines.len() {
                 let m = &op.machines[bars.len()];
                 let bar = progress.add(indicatif::ProgressBar::new(steps));
                 bar.set_style(style.clone());
-                bar.set_prefix(m.hostname.clone());
+                bar.set_prefix(clip(&m.hostname, NAME_WIDTH).into_owned());
                 bars.push(bar);
             }
             for (bar, m) in bars.iter().zip(&op.machines) {
@@ -266,7 +270,7 @@ pub async fn watch(client: &FleetClient, json_out: bool, id: &str) -> Result<i32
                 let step = m.step().map(|s| s.step.as_str()).unwrap_or("queued");
                 let message =
                     if m.state.is_final() { format!("{}: {}", m.state.as_str(), m.message) } else { step.to_string() };
-                bar.set_message(message);
+                bar.set_message(output::escape(&message).into_owned());
                 if m.state.is_final() && !bar.is_finished() {
                     bar.abandon();
                 }
@@ -281,7 +285,7 @@ pub async fn watch(client: &FleetClient, json_out: bool, id: &str) -> Result<i32
     let op = last.ok_or_else(|| CliError::Failed(format!("the coordinator sent nothing about {id}")))?;
     if let Some(progress) = progress {
         let _ = progress.clear();
-        print!("{}", operation_text(&op));
+        out.text(&operation_text(&op))?;
     }
     if !op.state.is_final() {
         return Err(CliError::Unreachable(format!("the watch of {id} ended before the operation did; run it again")));
@@ -293,16 +297,20 @@ pub async fn watch(client: &FleetClient, json_out: bool, id: &str) -> Result<i32
 ///
 /// # Errors
 /// An unknown machine, MAAS's refusal, the coordinator unreachable.
-pub async fn power(client: &FleetClient, json_out: bool, action: pb::PowerAction, name: &str) -> Result<i32, CliError> {
+pub async fn power(
+    client: &FleetClient,
+    out: &mut Output,
+    action: pb::PowerAction,
+    name: &str,
+) -> Result<i32, CliError> {
     let request = pb::PowerRequest { machine: name.into(), action: action.into() };
     let answer = client.call(client.operations().power(request)).await?;
-    if json_out {
-        println!(
-            "{}",
-            json!({"system_id": answer.system_id, "hostname": answer.hostname, "power_state": answer.power_state})
-        );
+    if out.is_json() {
+        out.json(
+            &json!({"system_id": answer.system_id, "hostname": answer.hostname, "power_state": answer.power_state}),
+        )?;
     } else {
-        println!("{} ({}): power {}", answer.hostname, answer.system_id, answer.power_state);
+        out.line(format!("{} ({}): power {}", answer.hostname, answer.system_id, answer.power_state))?;
     }
     Ok(exit::OK)
 }
@@ -311,22 +319,19 @@ pub async fn power(client: &FleetClient, json_out: bool, action: pb::PowerAction
 ///
 /// # Errors
 /// An unknown machine, MAAS's refusal, the coordinator unreachable.
-pub async fn forget(client: &FleetClient, json_out: bool, name: &str, release: bool) -> Result<i32, CliError> {
+pub async fn forget(client: &FleetClient, out: &mut Output, name: &str, release: bool) -> Result<i32, CliError> {
     let answer = client.call(client.operations().forget(pb::ForgetRequest { machine: name.into(), release })).await?;
-    if json_out {
-        println!(
-            "{}",
-            json!({"system_id": answer.system_id, "hostname": answer.hostname,
-                "revoked_certificates": answer.revoked_certificates, "released": answer.released})
-        );
+    if out.is_json() {
+        out.json(&json!({"system_id": answer.system_id, "hostname": answer.hostname,
+                "revoked_certificates": answer.revoked_certificates, "released": answer.released}))?;
     } else {
-        println!(
+        out.line(format!(
             "{} ({}): {} certificate(s) revoked{}; its history is kept",
             answer.hostname,
             answer.system_id,
             answer.revoked_certificates,
             if answer.released { ", released in MAAS" } else { "" }
-        );
+        ))?;
     }
     Ok(exit::OK)
 }
@@ -354,7 +359,7 @@ mod tests {
         let doc = operation_json(&op);
         assert_eq!(doc["machines"][0]["hostname"], "server1");
         assert_eq!(doc["state"], "failed");
-        assert!(operation_text(&op).contains("server1"));
+        assert!(operation_text(&op).render().contains("server1"));
         assert_eq!(exit_code(&op), exit::CHECK_FAILED);
         op.state = OpState::Succeeded;
         assert_eq!(exit_code(&op), exit::OK);

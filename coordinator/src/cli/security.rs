@@ -1,11 +1,11 @@
 //! fleetctl's security commands: `tokens create|list|revoke`, `agents list|revoke`, `audit`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use comfy_table::{ContentArrangement, Table, presets};
 use metalfleet_common::exit;
 use serde_json::{Value, json};
 
 use super::CliError;
+use super::output::{Output, Table, Text};
 use crate::grpc::client::{AgentCert, AuditEntry, FleetClient, TokenInfo};
 
 fn time(at: Option<DateTime<Utc>>) -> Value {
@@ -16,10 +16,10 @@ fn time_text(at: Option<DateTime<Utc>>) -> String {
     at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap_or_else(|| "-".into())
 }
 
-fn table(header: &[&str]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled).set_header(header);
-    table
+fn text(table: Table) -> Text {
+    let mut text = Text::new();
+    text.table(table);
+    text
 }
 
 pub fn token_json(token: &TokenInfo) -> Value {
@@ -34,10 +34,10 @@ pub fn token_json(token: &TokenInfo) -> Value {
     })
 }
 
-pub fn tokens_table(tokens: &[TokenInfo]) -> String {
-    let mut t = table(&["ID", "MACHINE", "USES LEFT", "EXPIRES", "CREATED BY", "REVOKED"]);
+pub fn tokens_table(tokens: &[TokenInfo]) -> Text {
+    let mut t = Table::new(&["ID", "MACHINE", "USES LEFT", "EXPIRES", "CREATED BY", "REVOKED"]);
     for token in tokens {
-        t.add_row(vec![
+        t.row([
             token.id.clone(),
             token.machine.clone().unwrap_or_else(|| "any".into()),
             token.uses_left.to_string(),
@@ -46,7 +46,7 @@ pub fn tokens_table(tokens: &[TokenInfo]) -> String {
             if token.revoked { "yes".into() } else { "no".into() },
         ]);
     }
-    format!("{t}\n")
+    text(t)
 }
 
 pub fn agent_json(cert: &AgentCert) -> Value {
@@ -60,10 +60,10 @@ pub fn agent_json(cert: &AgentCert) -> Value {
     })
 }
 
-pub fn agents_table(certs: &[AgentCert]) -> String {
-    let mut t = table(&["MACHINE", "MACHINE ID", "SERIAL", "EXPIRES", "REVOKED"]);
+pub fn agents_table(certs: &[AgentCert]) -> Text {
+    let mut t = Table::new(&["MACHINE", "MACHINE ID", "SERIAL", "EXPIRES", "REVOKED"]);
     for cert in certs {
-        t.add_row(vec![
+        t.row([
             if cert.hostname.is_empty() { "-".into() } else { cert.hostname.clone() },
             cert.machine_id.clone(),
             cert.serial.clone(),
@@ -71,7 +71,7 @@ pub fn agents_table(certs: &[AgentCert]) -> String {
             if cert.revoked { "yes".into() } else { "no".into() },
         ]);
     }
-    format!("{t}\n")
+    text(t)
 }
 
 pub fn audit_json(entry: &AuditEntry) -> Value {
@@ -87,10 +87,10 @@ pub fn audit_json(entry: &AuditEntry) -> Value {
     })
 }
 
-pub fn audit_table(entries: &[AuditEntry]) -> String {
-    let mut t = table(&["AT", "OPERATOR", "ROLE", "ACTION", "ARGS", "RESULT"]);
+pub fn audit_table(entries: &[AuditEntry]) -> Text {
+    let mut t = Table::new(&["AT", "OPERATOR", "ROLE", "ACTION", "ARGS", "RESULT"]).wide(&["ARGS", "RESULT"]);
     for e in entries {
-        t.add_row(vec![
+        t.row([
             time_text(e.at),
             e.operator.clone(),
             e.role.clone(),
@@ -99,14 +99,7 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
             e.result.clone(),
         ]);
     }
-    format!("{t}\n")
-}
-
-/// What a security command prints.
-#[derive(Debug)]
-pub enum Output {
-    Json(Value),
-    Text(String),
+    text(t)
 }
 
 /// `tokens create`: the secret goes to stdout (alone in text mode, so `$(fleetctl tokens create)` works).
@@ -115,78 +108,88 @@ pub enum Output {
 /// The call failed.
 pub async fn tokens_create(
     client: &FleetClient,
-    json: bool,
+    out: &mut Output,
     ttl: Option<std::time::Duration>,
     machine: Option<&str>,
     uses: u32,
-) -> Result<Output, CliError> {
+) -> Result<i32, CliError> {
     let (info, secret) = client.create_token(ttl.map_or(0, |d| d.as_secs().max(1)), machine, uses).await?;
-    if json {
+    if out.is_json() {
         let mut value = token_json(&info);
         // The one place a secret is printed: the operator asked for it, and it is shown once.
         value["token"] = Value::String(secret.expose().to_string());
-        Ok(Output::Json(value))
+        out.json(&value)?;
     } else {
-        eprintln!(
+        super::output::note(format!(
             "token {} for {} ({} use(s), expires {}); it is shown only once:",
             info.id,
             info.machine.as_deref().unwrap_or("any machine"),
             info.uses_left,
             time_text(info.expires_at)
-        );
-        Ok(Output::Text(format!("{}\n", secret.expose())))
+        ));
+        out.line(secret.expose())?;
     }
+    Ok(exit::OK)
 }
 
 /// # Errors
 /// The call failed.
-pub async fn tokens_list(client: &FleetClient, json: bool) -> Result<Output, CliError> {
+pub async fn tokens_list(client: &FleetClient, out: &mut Output) -> Result<i32, CliError> {
     let tokens = client.list_tokens().await?;
-    Ok(if json {
-        Output::Json(json!({ "tokens": tokens.iter().map(token_json).collect::<Vec<_>>() }))
+    if out.is_json() {
+        out.json(&json!({ "tokens": tokens.iter().map(token_json).collect::<Vec<_>>() }))?;
     } else {
-        Output::Text(tokens_table(&tokens))
-    })
+        out.text(&tokens_table(&tokens))?;
+    }
+    Ok(exit::OK)
 }
 
 /// # Errors
 /// The call failed.
-pub async fn tokens_revoke(client: &FleetClient, json: bool, id: &str) -> Result<Output, CliError> {
+pub async fn tokens_revoke(client: &FleetClient, out: &mut Output, id: &str) -> Result<i32, CliError> {
     client.revoke_token(id).await?;
-    Ok(if json { Output::Json(json!({ "id": id, "revoked": true })) } else { Output::Text(format!("revoked {id}\n")) })
+    if out.is_json() {
+        out.json(&json!({ "id": id, "revoked": true }))?;
+    } else {
+        out.line(format!("revoked {id}"))?;
+    }
+    Ok(exit::OK)
 }
 
 /// # Errors
 /// The call failed.
-pub async fn agents_list(client: &FleetClient, json: bool) -> Result<Output, CliError> {
+pub async fn agents_list(client: &FleetClient, out: &mut Output) -> Result<i32, CliError> {
     let certs = client.list_agents().await?;
-    Ok(if json {
-        Output::Json(json!({ "agents": certs.iter().map(agent_json).collect::<Vec<_>>() }))
+    if out.is_json() {
+        out.json(&json!({ "agents": certs.iter().map(agent_json).collect::<Vec<_>>() }))?;
     } else {
-        Output::Text(agents_table(&certs))
-    })
+        out.text(&agents_table(&certs))?;
+    }
+    Ok(exit::OK)
 }
 
 /// # Errors
 /// The call failed.
-pub async fn agents_revoke(client: &FleetClient, json: bool, name: &str) -> Result<Output, CliError> {
+pub async fn agents_revoke(client: &FleetClient, out: &mut Output, name: &str) -> Result<i32, CliError> {
     let (machine_id, count) = client.revoke_agent(name).await?;
-    Ok(if json {
-        Output::Json(json!({ "machine_id": machine_id, "certificates_revoked": count }))
+    if out.is_json() {
+        out.json(&json!({ "machine_id": machine_id, "certificates_revoked": count }))?;
     } else {
-        Output::Text(format!("revoked {count} certificate(s) of {name} ({machine_id})\n"))
-    })
+        out.line(format!("revoked {count} certificate(s) of {name} ({machine_id})"))?;
+    }
+    Ok(exit::OK)
 }
 
 /// # Errors
 /// The call failed.
-pub async fn audit(client: &FleetClient, json: bool, limit: u32) -> Result<Output, CliError> {
+pub async fn audit(client: &FleetClient, out: &mut Output, limit: u32) -> Result<i32, CliError> {
     let entries = client.audit(limit).await?;
-    Ok(if json {
-        Output::Json(json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() }))
+    if out.is_json() {
+        out.json(&json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() }))?;
     } else {
-        Output::Text(audit_table(&entries))
-    })
+        out.text(&audit_table(&entries))?;
+    }
+    Ok(exit::OK)
 }
 
 /// The exit code for a printed result.
@@ -208,7 +211,7 @@ mod tests {
             result: "permission_denied".into(),
         };
         assert_eq!(audit_json(&entry)["args"]["uses"], 1);
-        assert!(audit_table(std::slice::from_ref(&entry)).contains("permission_denied"));
-        assert!(tokens_table(&[]).contains("USES LEFT"));
+        assert!(audit_table(std::slice::from_ref(&entry)).render().contains("permission_denied"));
+        assert!(tokens_table(&[]).render().contains("USES LEFT"));
     }
 }

@@ -2,10 +2,10 @@
 //! of `status`, and `machines rematch`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use comfy_table::{ContentArrangement, Table, presets};
 use metalfleet_common::exit;
 use serde_json::{Value, json};
 
+use super::output::{Table, Text};
 use crate::domain::MachineView;
 use crate::verify::task::{NodeVerdict, Rematched};
 use crate::verify::{FieldVerdict, MachineReport, Observed, Unit, Verdict};
@@ -94,22 +94,18 @@ fn human(unit: Unit, observed: &Option<Observed>) -> String {
 pub use crate::spec::format_size as format_bytes;
 
 /// `fleetctl verify` as a table: one line per field, the verdict and the reason last.
-pub fn table(reports: &[MachineReport]) -> String {
+pub fn table(reports: &[MachineReport]) -> Text {
     if reports.is_empty() {
-        return "no machines to verify yet\n".to_string();
+        return Text::of("no machines to verify yet");
     }
-    let mut table = Table::new();
-    table.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled).set_header(vec![
-        "MACHINE",
-        "FIELD",
+    let mut table = Table::new(&["MACHINE", "FIELD", "EXPECTED", "COMMISSIONED", "LIVE", "VERDICT", "REASON"]).wide(&[
         "EXPECTED",
         "COMMISSIONED",
         "LIVE",
-        "VERDICT",
         "REASON",
     ]);
     for r in reports {
-        table.add_row(vec![
+        table.row([
             r.hostname.clone(),
             "(machine)".to_string(),
             r.profile.clone().map(|p| format!("profile {p}")).unwrap_or_else(|| "-".to_string()),
@@ -123,7 +119,7 @@ pub fn table(reports: &[MachineReport]) -> String {
         ]);
         for f in &r.fields {
             let reason = if f.verdict == Verdict::Pass { String::new() } else { f.reason.clone() };
-            table.add_row(vec![
+            table.row([
                 String::new(),
                 f.field.clone(),
                 f.expected.clone().unwrap_or_else(|| "-".to_string()),
@@ -134,25 +130,27 @@ pub fn table(reports: &[MachineReport]) -> String {
             ]);
         }
     }
-    format!("{table}\n")
+    let mut text = Text::new();
+    text.table(table);
+    text
 }
 
 /// `fleetctl verify --accept NAME`, as a line for people.
-pub fn accepted_text(report: &MachineReport, source: &str) -> String {
-    format!(
-        "{}: new baseline recorded from {source} data; verdict now {}{}\n",
+pub fn accepted_text(report: &MachineReport, source: &str) -> Text {
+    Text::of(format!(
+        "{}: new baseline recorded from {source} data; verdict now {}{}",
         report.hostname,
         report.verdict,
         if report.reason.is_empty() { String::new() } else { format!(" ({})", report.reason) }
-    )
+    ))
 }
 
 pub fn accepted_json(report: &MachineReport, source: &str) -> Value {
     json!({ "accepted": report.hostname, "source": source, "machine": report_json(report) })
 }
 
-pub fn rematched_text(r: &Rematched) -> String {
-    format!("{}: {}\n", r.hostname, r.outcome)
+pub fn rematched_text(r: &Rematched) -> Text {
+    Text::of(format!("{}: {}", r.hostname, r.outcome))
 }
 
 pub fn rematched_json(r: &Rematched) -> Value {
@@ -180,20 +178,21 @@ pub fn status_document(machines: &[MachineView], verdicts: &[NodeVerdict]) -> Va
 }
 
 /// `fleetctl status` with a VERDICT column appended.
-pub fn status_table(machines: &[MachineView], verdicts: &[NodeVerdict], now: DateTime<Utc>) -> String {
-    let base = crate::cli::status_table(machines, now);
+pub fn status_table(machines: &[MachineView], verdicts: &[NodeVerdict], now: DateTime<Utc>) -> Text {
     if machines.is_empty() {
-        return base;
+        return crate::cli::status_table(machines, now);
     }
-    let mut lines = base.lines();
-    let header = lines.next().unwrap_or_default();
-    let width = base.lines().map(str::len).max().unwrap_or(0);
-    let mut out = format!("{header:<width$}  VERDICT\n");
-    for (line, view) in lines.zip(machines) {
-        let verdict = verdict_of(view, verdicts).map(|n| n.verdict.as_str()).unwrap_or("-");
-        out.push_str(&format!("{line:<width$}  {verdict}\n"));
+    let mut header = crate::cli::STATUS_HEADER.to_vec();
+    header.push("VERDICT");
+    let mut table = Table::new(&header).wide(&["HEALTH"]);
+    for view in machines {
+        let mut row = crate::cli::status_row(view, now);
+        row.push(verdict_of(view, verdicts).map(|n| n.verdict.clone()).unwrap_or_else(|| "-".to_string()));
+        table.row(row);
     }
-    out
+    let mut text = Text::new();
+    text.table(table);
+    text
 }
 
 #[cfg(test)]
@@ -240,7 +239,7 @@ mod tests {
         assert_eq!(fields[1]["unit"], "bytes");
         assert_eq!(fields[3]["field"], "disk_sizes");
         assert_eq!(fields[3]["live"], json!([]));
-        assert!(table(&[report(None)]).contains("the agent has not reported an inventory yet"));
+        assert!(table(&[report(None)]).render().contains("the agent has not reported an inventory yet"));
         assert_eq!(format_bytes(16 << 30), "16.0 GiB");
     }
 }

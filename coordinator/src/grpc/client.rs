@@ -8,7 +8,7 @@ use proto::v1::fleet_service_client::FleetServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::convert;
+use super::{convert, culprit};
 
 mod lab;
 mod security;
@@ -59,10 +59,22 @@ pub enum ClientError {
     Usage(String),
     #[error("the coordinator answered {}: {}", .0.code(), .0.message())]
     Status(tonic::Status),
+    /// The coordinator answered, but a service behind it (MAAS, the router shim) failed; `message` is the
+    /// coordinator's, which names that service and its address.
+    #[error("{message}")]
+    Upstream { culprit: culprit::Culprit, code: tonic::Code, message: String },
 }
 
 impl ClientError {
     fn from_status(url: &str, status: tonic::Status) -> Self {
+        if let Some(culprit) = culprit::of(&status) {
+            let message = if culprit.address.is_empty() || status.message().contains(&culprit.address) {
+                status.message().to_string()
+            } else {
+                format!("{} at {}: {}", culprit.service.display_name(), culprit.address, status.message())
+            };
+            return ClientError::Upstream { culprit, code: status.code(), message };
+        }
         match status.code() {
             tonic::Code::Unavailable => {
                 ClientError::Unreachable { url: url.to_string(), reason: status.message().to_string() }
@@ -256,4 +268,60 @@ impl FleetClient {
 pub struct Degraded {
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     pub reasons: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::CliError;
+    use crate::maas::error::Subject;
+    use crate::plan::PlanError;
+
+    const MAAS_URL: &str = "http://10.0.0.5:5240/MAAS/api/2.0/";
+
+    /// The coordinator's status for a MAAS failure, as fleetctl turns it into words and an exit code.
+    fn seen_by_fleetctl(source: crate::maas::Error) -> CliError {
+        let status = crate::grpc::lab_service::status(PlanError::Maas {
+            what: "upstream_dns",
+            url: MAAS_URL.into(),
+            source: Box::new(source),
+        });
+        ClientError::from_status("http://127.0.0.1:7443", status).into()
+    }
+
+    #[test]
+    fn a_maas_failure_names_maas_and_its_url_not_the_coordinator() {
+        let down = seen_by_fleetctl(crate::maas::Error::Unavailable {
+            op: "upstream_dns",
+            machine: Subject(None),
+            message: "region restarting".into(),
+            retry_after: None,
+        });
+        assert_eq!(down.exit_code(), metalfleet_common::exit::UNAVAILABLE);
+        let text = down.to_string();
+        assert!(text.contains("MAAS at http://10.0.0.5:5240/MAAS/api/2.0/"), "{text}");
+        assert!(!text.contains("coordinator") && !text.contains("127.0.0.1:7443"), "{text}");
+
+        let refused =
+            seen_by_fleetctl(crate::maas::Error::Unauthorized { op: "upstream_dns", message: "bad key".into() });
+        assert_eq!(refused.exit_code(), metalfleet_common::exit::CHECK_FAILED);
+        assert!(refused.to_string().contains(MAAS_URL), "{refused}");
+
+        // The same for power and redeploy (OperationsService).
+        let busy = crate::maas::Error::Unavailable {
+            op: "power_on",
+            machine: Subject(Some("abc123".into())),
+            message: "busy".into(),
+            retry_after: None,
+        };
+        let status = crate::grpc::operations_service::status(crate::operations::OpError::Maas(busy));
+        let power: CliError = ClientError::from_status("http://127.0.0.1:7443", status).into();
+        assert_eq!(power.exit_code(), metalfleet_common::exit::UNAVAILABLE);
+        assert!(power.to_string().contains("MAAS") && !power.to_string().contains("coordinator"), "{power}");
+
+        // Without a culprit, UNAVAILABLE still means the coordinator itself.
+        let own: CliError =
+            ClientError::from_status("http://127.0.0.1:7443", tonic::Status::unavailable("draining")).into();
+        assert!(own.to_string().contains("cannot reach the coordinator at http://127.0.0.1:7443"), "{own}");
+    }
 }

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::lab as wire;
+use super::culprit;
 use crate::fleet::Fleet;
 use crate::maas;
 use crate::plan::apply::{self, Progress};
@@ -38,12 +39,24 @@ pub struct LabApi {
     verify: Option<Arc<dyn crate::verify::VerifySources>>,
 }
 
-/// The gRPC status for a plan error.
+/// The gRPC status for a plan error. A failure of MAAS or the router names that service as the
+/// [culprit](culprit) so the operator is not told the coordinator is unreachable: `UNAVAILABLE` when it may answer
+/// later (no connection, a timeout, a 503), `FAILED_PRECONDITION` when it refused (a bad API key, say).
 pub fn status(error: PlanError) -> Status {
     match &error {
         PlanError::File(_) => Status::invalid_argument(error.to_string()),
         PlanError::NoMaas => Status::failed_precondition(error.to_string()),
-        PlanError::Maas { .. } | PlanError::Router { .. } => Status::unavailable(error.to_string()),
+        PlanError::Maas { url, source, .. } => {
+            let status = if source.is_retryable() {
+                Status::unavailable(error.to_string())
+            } else {
+                Status::failed_precondition(error.to_string())
+            };
+            culprit::attach(status, culprit::Service::Maas, url)
+        }
+        PlanError::Router { address, .. } => {
+            culprit::attach(Status::unavailable(error.to_string()), culprit::Service::Router, address)
+        }
         PlanError::NoSubnet { .. } | PlanError::NoRack { .. } => Status::failed_precondition(error.to_string()),
         PlanError::Store { .. } => Status::internal(error.to_string()),
     }
@@ -133,16 +146,17 @@ impl LabApi {
 
     /// Why a change is refused while MAAS is unreachable, with the age of what we last knew.
     async fn refusal(&self, error: PlanError) -> Status {
-        if matches!(error, PlanError::Maas { .. }) {
+        if let PlanError::Maas { url, .. } = &error {
             let stale = self.stale(&error).await;
             let age = if stale.age_seconds < 0.0 {
                 "never read".to_string()
             } else {
                 format!("{:.0}s old", stale.age_seconds)
             };
-            return Status::unavailable(format!(
+            let status = Status::unavailable(format!(
                 "apply refused: {error}; the last known MAAS state is {age}; run it again once MAAS answers"
             ));
+            return culprit::attach(status, culprit::Service::Maas, url);
         }
         status(error)
     }

@@ -35,7 +35,12 @@ pub fn status(error: OpError) -> Status {
         OpError::NotFound(m) => Status::not_found(m.clone()),
         OpError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
         OpError::NoMaas => Status::failed_precondition(error.to_string()),
-        OpError::Maas(e) if e.is_retryable() => Status::unavailable(error.to_string()),
+        // MAAS, not the coordinator, is unavailable: say so to the client (see `grpc::culprit`).
+        OpError::Maas(e) if e.is_retryable() => super::culprit::attach(
+            Status::unavailable(error.to_string()),
+            super::culprit::Service::Maas,
+            e.url().unwrap_or_default(),
+        ),
         OpError::Maas(e) if e.status() == Some(404) => Status::not_found(error.to_string()),
         OpError::Maas(_) => Status::failed_precondition(error.to_string()),
         OpError::Store(_) => {

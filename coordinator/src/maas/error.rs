@@ -103,6 +103,14 @@ impl Error {
         }
     }
 
+    /// The URL the failed request went to, when the failure was reaching MAAS at all.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Error::Connect { url, .. } | Error::Timeout { url, .. } | Error::Transport { url, .. } => Some(url),
+            _ => None,
+        }
+    }
+
     /// The `Retry-After` MAAS sent with a 503, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -48,8 +48,9 @@ impl Live {
     }
 }
 
-fn maas_error(what: &'static str) -> impl FnOnce(maas::Error) -> PlanError {
-    move |source| PlanError::Maas { what, source }
+fn maas_error(client: &maas::Client, what: &'static str) -> impl FnOnce(maas::Error) -> PlanError {
+    let url = client.api_root().to_string();
+    move |source| PlanError::Maas { what, url, source: Box::new(source) }
 }
 
 /// Reads MAAS.
@@ -58,26 +59,31 @@ fn maas_error(what: &'static str) -> impl FnOnce(maas::Error) -> PlanError {
 /// [`PlanError::Maas`] naming what was being read.
 pub async fn read_maas(client: &maas::Client) -> Result<Live, PlanError> {
     let mut live = Live {
-        upstream_dns: client.upstream_dns().await.map_err(maas_error("upstream_dns"))?,
-        dnssec_validation: client.dnssec_validation().await.map_err(maas_error("dnssec_validation"))?.to_string(),
-        kernel_opts: client.kernel_opts().await.map_err(maas_error("kernel_opts"))?.unwrap_or_default(),
+        upstream_dns: client.upstream_dns().await.map_err(maas_error(client, "upstream_dns"))?,
+        dnssec_validation: client
+            .dnssec_validation()
+            .await
+            .map_err(maas_error(client, "dnssec_validation"))?
+            .to_string(),
+        kernel_opts: client.kernel_opts().await.map_err(maas_error(client, "kernel_opts"))?.unwrap_or_default(),
         ..Live::default()
     };
-    let sources = client.boot_sources().await.map_err(maas_error("boot sources"))?;
+    let sources = client.boot_sources().await.map_err(maas_error(client, "boot sources"))?;
     live.boot_source_id = sources.first().map(|s| s.id);
     if let Some(id) = live.boot_source_id {
-        live.selections = client.boot_source_selections(id).await.map_err(maas_error("boot source selections"))?;
+        live.selections =
+            client.boot_source_selections(id).await.map_err(maas_error(client, "boot source selections"))?;
     }
-    for resource in client.boot_resources(None).await.map_err(maas_error("boot resources"))? {
-        live.resources.push(client.boot_resource(resource.id).await.map_err(maas_error("boot resource"))?);
+    for resource in client.boot_resources(None).await.map_err(maas_error(client, "boot resources"))? {
+        live.resources.push(client.boot_resource(resource.id).await.map_err(maas_error(client, "boot resource"))?);
     }
-    live.importing = client.is_importing().await.map_err(maas_error("is_importing"))?;
-    live.ssh_keys = client.ssh_keys().await.map_err(maas_error("ssh keys"))?;
-    live.subnets = client.subnets().await.map_err(maas_error("subnets"))?;
-    live.ip_ranges = client.ip_ranges().await.map_err(maas_error("ip ranges"))?;
-    live.racks = client.rack_controllers().await.map_err(maas_error("rack controllers"))?;
-    live.machines = client.machines(&maas::MachineFilter::default()).await.map_err(maas_error("machines"))?;
-    live.devices = client.devices().await.map_err(maas_error("devices"))?;
+    live.importing = client.is_importing().await.map_err(maas_error(client, "is_importing"))?;
+    live.ssh_keys = client.ssh_keys().await.map_err(maas_error(client, "ssh keys"))?;
+    live.subnets = client.subnets().await.map_err(maas_error(client, "subnets"))?;
+    live.ip_ranges = client.ip_ranges().await.map_err(maas_error(client, "ip ranges"))?;
+    live.racks = client.rack_controllers().await.map_err(maas_error(client, "rack controllers"))?;
+    live.machines = client.machines(&maas::MachineFilter::default()).await.map_err(maas_error(client, "machines"))?;
+    live.devices = client.devices().await.map_err(maas_error(client, "devices"))?;
     Ok(live)
 }
 

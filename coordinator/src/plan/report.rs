@@ -121,12 +121,23 @@ pub fn json(inputs: &Inputs<'_>) -> Value {
     })
 }
 
+/// A value as Markdown text: a string from MAAS, the router or an agent can neither break a line or a table row
+/// (control characters are shown escaped, `|` is escaped) nor reach a terminal raw.
 fn s(v: &Value) -> String {
-    match v {
+    let text = match v {
         Value::String(s) => s.clone(),
-        Value::Null => "-".to_string(),
-        other => other.to_string(),
+        Value::Null => return "-".to_string(),
+        other => return other.to_string(),
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '|' => out.push_str("\\|"),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
     }
+    out
 }
 
 fn list(v: &Value) -> String {
@@ -185,8 +196,8 @@ pub fn markdown(r: &Value) -> String {
     let _ = writeln!(out, "\n## Router\n");
     let router = &r["router"];
     let _ = writeln!(out, "- Shim: {}", s(&router["shim"]));
-    if let Some(err) = router["error"].as_str() {
-        let _ = writeln!(out, "- Could not be read: {err}");
+    if !router["error"].is_null() {
+        let _ = writeln!(out, "- Could not be read: {}", s(&router["error"]));
     }
     let state = &router["state"];
     if !state.is_null() {
@@ -259,7 +270,10 @@ fn ident(name: &str) -> String {
 pub fn mermaid(r: &Value) -> String {
     let mut out = String::from("architecture-beta\n    group lab(cloud)[Lab]\n");
     let _ = writeln!(out, "    service router(internet)[Router] in lab");
-    let main = r["maas"]["rack_controllers"][0]["hostname"].as_str().unwrap_or("main").to_string();
+    let main = r["maas"]["rack_controllers"][0]["hostname"]
+        .as_str()
+        .map(|_| s(&r["maas"]["rack_controllers"][0]["hostname"]))
+        .unwrap_or_else(|| "main".to_string());
     let _ = writeln!(out, "    service main(server)[{} MAAS] in lab", main);
     let _ = writeln!(out, "    router:R -- L:main");
     for x in r["machines"].as_array().into_iter().flatten() {
@@ -268,4 +282,21 @@ pub fn mermaid(r: &Value) -> String {
         let _ = writeln!(out, "    main:R -- L:m_{}", ident(&host));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostname_can_neither_break_a_markdown_row_nor_reach_the_terminal_raw() {
+        let report = json!({
+            "machines": [{"hostname": "evil\n| forged | Deployed |\u{1b}[2J", "status": "Ready"}],
+            "fleet": [{"hostname": "evil\r\nx", "health": "healthy", "reasons": []}],
+        });
+        let text = markdown(&report);
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("| forged") || l.starts_with('x')), "{text}");
+        assert!(text.contains("evil\\n\\| forged \\| Deployed \\|\\u{1b}[2J"), "{text}");
+    }
 }

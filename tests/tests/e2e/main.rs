@@ -10,6 +10,7 @@ mod hostile;
 mod lab;
 mod lab_netns;
 mod maas;
+mod output;
 mod redeploy;
 mod security;
 mod verify;
