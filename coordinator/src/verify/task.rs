@@ -306,7 +306,7 @@ impl VerifyHandle {
                                 format!("{old} is called {} in MAAS (machine {system_id}); renamed", maas.hostname);
                             tracing::info!(machine_id = %agent.id, "{message}");
                             self.emit(&agent.id, &agent.hostname, kinds::RENAMED, message);
-                        } else if state.conflicts.get(&agent.id).is_none() {
+                        } else if !state.conflicts.contains_key(&agent.id) {
                             let message = format!(
                                 "{old} is called {} in MAAS (machine {system_id}), but another machine has that name; \
                                  `fleetctl machines forget` the stale one",
