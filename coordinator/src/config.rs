@@ -70,6 +70,9 @@ pub struct Config {
     /// The lab plan's reconciliation and waits (see [`crate::plan::LabConfig`]).
     #[serde(default)]
     pub lab: crate::plan::LabConfig,
+    /// The gRPC listener's connection limits and timeouts (see [`crate::listener::Config`]).
+    #[serde(default)]
+    pub limits: crate::listener::Config,
 }
 
 /// When a machine counts as degraded.
@@ -236,6 +239,7 @@ impl Config {
         if h.missed_heartbeats == 0 {
             problems.push("health.missed_heartbeats must be at least 1".to_string());
         }
+        problems.extend(self.limits.validate());
         if let Some(maas) = &self.maas {
             if maas.poll_interval < Duration::from_millis(100) {
                 problems.push("maas.poll_interval must be at least 100ms".to_string());
