@@ -27,6 +27,8 @@
 
 pub mod config;
 pub mod slots;
+#[cfg(test)]
+mod tests;
 pub mod warn;
 
 use std::io;
@@ -188,14 +190,16 @@ impl Listener {
         match self.mode {
             Mode::Plain => {
                 let (tx, rx) = mpsc::channel(READY_QUEUE);
-                tokio::spawn(accept_loop(self.tcp, shared.clone(), stop, move |tcp, peer, slot, shared| {
+                // No certificates, no way to tell operators apart: no reserve.
+                tokio::spawn(accept_loop(self.tcp, shared.clone(), false, stop, move |tcp, peer, slot, shared| {
                     tokio::spawn(plain_connection(tcp, peer, slot, shared, tx.clone()));
                 }));
                 Started::Plain(Incoming { ready: rx, shared })
             }
             Mode::Tls { acceptor, operator } => {
                 let (tx, rx) = mpsc::channel(READY_QUEUE);
-                tokio::spawn(accept_loop(self.tcp, shared.clone(), stop, move |tcp, peer, slot, shared| {
+                let reserve = shared.config.operator_reserved > 0;
+                tokio::spawn(accept_loop(self.tcp, shared.clone(), reserve, stop, move |tcp, peer, slot, shared| {
                     tokio::spawn(tls_connection(tcp, peer, slot, shared, acceptor.clone(), operator, tx.clone()));
                 }));
                 Started::Tls(Incoming { ready: rx, shared })
@@ -296,14 +300,15 @@ fn is_operator(chain: &[rustls::pki_types::CertificateDer<'_>]) -> bool {
     chain.first().and_then(|leaf| crate::auth::PeerCert::parse(leaf)).is_some_and(|cert| cert.operator().is_some())
 }
 
-/// Accepts until `stop`, admits each connection into a slot (or closes it at once) and hands it to `spawn`.
+/// Accepts until `stop`, admits each connection into a slot (or closes it at once) and hands it to
+/// `spawn`; `reserve` says whether the operators' reserve may be used (only when `spawn` classifies).
 async fn accept_loop(
     tcp: TcpListener,
     shared: Arc<Shared>,
+    reserve: bool,
     stop: CancellationToken,
     spawn: impl Fn(TcpStream, SocketAddr, Slot, Arc<Shared>),
 ) {
-    let reserve = shared.config.operator_reserved > 0;
     let mut flush = tokio::time::interval(shared.config.log_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
