@@ -58,6 +58,12 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// and spawns it, so a few are enough; when full, the connection tasks wait (holding their slots).
 const READY_QUEUE: usize = 64;
 
+/// The kernel's queue of connections waiting for `accept`. std and tokio bind with 128; a burst
+/// larger than that (agents reconnecting after a restart, or a flood) overflows it, and the kernel
+/// then drops the clients' handshakes silently, so a client sees a connection nobody accepts for
+/// seconds. Linux caps it at `net.core.somaxconn` (4096 by default).
+const ACCEPT_BACKLOG: i32 = 4096;
+
 /// How long the accept loop pauses when `accept` fails for want of file descriptors; accepting
 /// again at once would spin a core (the failure stays until a connection closes).
 const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
@@ -144,8 +150,13 @@ impl Mode {
 }
 
 impl Listener {
-    /// Fits `config` to the process's file-descriptor limit (with a WARN when it had to lower it).
+    /// Fits `config` to the process's file-descriptor limit (with a WARN when it had to lower it),
+    /// and lengthens the listening socket's accept queue to [`ACCEPT_BACKLOG`].
     pub fn new(tcp: TcpListener, config: Config, mode: Mode) -> Self {
+        // listen(2) on a listening socket only changes its backlog.
+        if let Err(error) = socket2::SockRef::from(&tcp).listen(ACCEPT_BACKLOG) {
+            tracing::warn!(%error, "cannot lengthen the accept queue; bursts of connections may be dropped by the kernel");
+        }
         let config = match config.fit_to_fd_limit(config::fd_limit()) {
             Some(fitted) => {
                 tracing::warn!(

@@ -3,11 +3,20 @@
 //!
 //! A connection takes a slot when it is accepted and gives it back when it is dropped. Until it
 //! has finished the TLS handshake and sent the HTTP/2 preface it is *pending*: pending slots count
-//! against the caps (so a flood of half-open handshakes cannot hold more than the cap), and when
-//! the pool is full a newcomer *evicts* the oldest pending connection that has been waiting at
-//! least `evict_after`. A legitimate client is past that stage within milliseconds, so under a
-//! flood of connections that never finish it still gets a slot; connections that finished
-//! (established) are never evicted.
+//! against the caps (so a flood of half-open handshakes cannot hold more than the cap). When the
+//! pool is full, a newcomer *evicts* a pending connection, which is closed:
+//! - fair share first: the oldest pending connection of the address with the most pending ones,
+//!   when that address holds at least two more than the newcomer's. A flood comes from a few
+//!   addresses holding many slots each; an operator or an agent holds one or two, so it gets in at
+//!   once, even while the flood's connections are all young.
+//! - then age: the oldest pending connection, once it has waited `evict_after`. A legitimate
+//!   client is past TLS and the preface within milliseconds, so this catches a flood spread over
+//!   as many addresses as there are slots.
+//!
+//! Established connections are never evicted. An evicted connection closes when its task next
+//! runs; until then it still holds a file descriptor, so at most [`Caps::evicting_max`] evictions
+//! may be in flight, and file descriptors stay under `max_connections + operator_reserved +
+//! evicting_max`.
 //!
 //! Two pools: the general pool (`limits.max_connections`) and the operators' reserve
 //! (`limits.operator_reserved`). A connection enters the reserve only when the general pool is
@@ -15,7 +24,7 @@
 //! certificate. An operator connection admitted into the general pool moves to the reserve when
 //! the reserve has room, leaving the general slot to agents.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -94,13 +103,33 @@ struct State {
     reserve: PoolState,
     per_ip: HashMap<IpAddr, usize>,
     next_id: u64,
+    /// Evicted slots whose connection has not closed yet.
+    evicting: usize,
 }
 
 #[derive(Debug, Default)]
 struct PoolState {
     established: usize,
     /// Pending slots by id; ids grow, so the first entry is the oldest.
-    pending: BTreeMap<u64, (Instant, CancellationToken)>,
+    pending: BTreeMap<u64, Pending>,
+    /// Pending slots by address, oldest first.
+    by_ip: HashMap<IpAddr, BTreeSet<u64>>,
+    /// (pending count, address), so the address with the most pending slots is the last entry.
+    ranking: BTreeSet<(usize, IpAddr)>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    at: Instant,
+    ip: IpAddr,
+    evict: CancellationToken,
+}
+
+impl Caps {
+    /// Evictions in flight at most: a quarter of the general cap (at least 16).
+    pub fn evicting_max(&self) -> usize {
+        (self.max_connections / 4).max(16)
+    }
 }
 
 impl Slots {
@@ -121,25 +150,28 @@ impl Slots {
     pub fn admit(self: &Arc<Self>, ip: IpAddr, reserve: bool, now: Instant) -> Result<Admission, Refusal> {
         let ip = ip.to_canonical();
         let mut state = self.lock();
-        if state.per_ip.get(&ip).copied().unwrap_or(0) >= self.caps.per_ip {
+        let held = state.per_ip.get(&ip).copied().unwrap_or(0);
+        if held >= self.caps.per_ip {
             return Err(Refusal::PerIp);
         }
         let evict_before = now.checked_sub(self.caps.evict_after);
+        let may_evict = state.evicting < self.caps.evicting_max();
         let (pool, evicted) = if state.general.used() < self.caps.max_connections {
             (Pool::General, None)
-        } else if let Some(token) = state.general.evict_oldest(evict_before) {
+        } else if let Some(token) = may_evict.then(|| state.general.evict(held, evict_before)).flatten() {
             (Pool::General, Some(token))
         } else if reserve && state.reserve.used() < self.caps.operator_reserved {
             (Pool::Reserve, None)
-        } else if let Some(token) = reserve.then(|| state.reserve.evict_oldest(evict_before)).flatten() {
+        } else if let Some(token) = (reserve && may_evict).then(|| state.reserve.evict(held, evict_before)).flatten() {
             (Pool::Reserve, Some(token))
         } else {
             return Err(Refusal::Full);
         };
+        state.evicting += usize::from(evicted.is_some());
         let id = state.next_id;
         state.next_id += 1;
         let token = CancellationToken::new();
-        state.pool(pool).pending.insert(id, (now, token.clone()));
+        state.pool(pool).insert(id, Pending { at: now, ip, evict: token.clone() });
         *state.per_ip.entry(ip).or_insert(0) += 1;
         drop(state);
         let evicted = evicted.map(|token| token.cancel()).is_some();
@@ -188,8 +220,8 @@ impl Slot {
         match (self.pool, operator) {
             (Pool::Reserve, false) => Err(Refusal::ReservedForOperators),
             (Pool::General, true) if state.reserve.used() < caps.operator_reserved => {
-                let entry = state.general.pending.remove(&self.id).expect("checked above");
-                state.reserve.pending.insert(self.id, entry);
+                let entry = state.general.remove(self.id).expect("checked above");
+                state.reserve.insert(self.id, entry);
                 self.pool = Pool::Reserve;
                 Ok(())
             }
@@ -204,7 +236,7 @@ impl Slot {
     pub fn establish(&mut self) -> Result<(), Refusal> {
         let mut state = self.slots.lock();
         let pool = state.pool(self.pool);
-        if pool.pending.remove(&self.id).is_none() {
+        if pool.remove(self.id).is_none() {
             return Err(Refusal::Evicted);
         }
         pool.established += 1;
@@ -217,8 +249,12 @@ impl Drop for Slot {
         let mut state = self.slots.lock();
         let pool = state.pool(self.pool);
         // An evicted slot's place was taken by the newcomer already; an established one is counted.
-        if pool.pending.remove(&self.id).is_none() && !self.evicted.is_cancelled() {
-            pool.established -= 1;
+        if pool.remove(self.id).is_none() {
+            if self.evicted.is_cancelled() {
+                state.evicting -= 1;
+            } else {
+                pool.established -= 1;
+            }
         }
         if let Some(count) = state.per_ip.get_mut(&self.ip) {
             *count -= 1;
@@ -243,14 +279,45 @@ impl PoolState {
         self.established + self.pending.len()
     }
 
-    /// Removes the oldest pending slot accepted before `before` and returns its token.
-    fn evict_oldest(&mut self, before: Option<Instant>) -> Option<CancellationToken> {
-        let before = before?;
-        let entry = self.pending.first_entry()?;
-        if entry.get().0 > before {
-            return None;
+    fn insert(&mut self, id: u64, pending: Pending) {
+        let ip = pending.ip;
+        self.pending.insert(id, pending);
+        let ids = self.by_ip.entry(ip).or_default();
+        self.ranking.remove(&(ids.len(), ip));
+        ids.insert(id);
+        self.ranking.insert((ids.len(), ip));
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&id)?;
+        let ip = pending.ip;
+        let ids = self.by_ip.get_mut(&ip).expect("every pending slot is indexed by address");
+        self.ranking.remove(&(ids.len(), ip));
+        ids.remove(&id);
+        if ids.is_empty() {
+            self.by_ip.remove(&ip);
+        } else {
+            self.ranking.insert((ids.len(), ip));
         }
-        Some(entry.remove().1)
+        Some(pending)
+    }
+
+    /// Evicts for a newcomer whose address holds `held` slots (see the module doc): the oldest
+    /// pending slot of the address with the most, if it holds two more than `held`; else the
+    /// oldest pending slot accepted before `before`. Returns its token.
+    fn evict(&mut self, held: usize, before: Option<Instant>) -> Option<CancellationToken> {
+        let fair = self
+            .ranking
+            .last()
+            .filter(|(count, _)| *count > held + 1)
+            .and_then(|(_, ip)| self.by_ip.get(ip)?.first().copied());
+        let aged = || {
+            let before = before?;
+            let (id, pending) = self.pending.first_key_value()?;
+            (pending.at <= before).then_some(*id)
+        };
+        let id = fair.or_else(aged)?;
+        self.remove(id).map(|pending| pending.evict)
     }
 }
 
@@ -329,6 +396,41 @@ mod tests {
         assert_eq!(slots.usage().addresses, 2);
         drop((younger, newcomer));
         assert_eq!(slots.usage(), Usage::default());
+    }
+
+    #[test]
+    fn an_address_holding_many_pending_slots_gives_way_at_once_to_one_holding_few() {
+        let slots = slots(4, 10, 0);
+        let t0 = Instant::now();
+        let flood: Vec<Slot> = (0..3).map(|_| slots.admit(ip(2), false, t0).unwrap().slot).collect();
+        let other = slots.admit(ip(3), false, t0).unwrap().slot;
+        // All young: a newcomer from a fresh address takes the flood's oldest slot.
+        let newcomer = slots.admit(ip(5), false, t0).unwrap();
+        assert!(newcomer.evicted && flood[0].evicted().is_cancelled());
+        assert!(!flood[1].evicted().is_cancelled() && !other.evicted().is_cancelled());
+        // The flood's own address (3 held) and one holding 1 against 2 pending: no fair-share eviction.
+        assert_eq!(slots.admit(ip(2), false, t0).unwrap_err(), Refusal::Full);
+        assert_eq!(slots.admit(ip(3), false, t0).unwrap_err(), Refusal::Full);
+        // An established connection counts for its address but cannot be evicted.
+        let slots = self::slots(2, 10, 0);
+        let _a = established(&slots, ip(2), t0);
+        let _b = established(&slots, ip(2), t0);
+        assert_eq!(slots.admit(ip(5), false, t0).unwrap_err(), Refusal::Full);
+    }
+
+    #[test]
+    fn evictions_in_flight_are_bounded_until_the_evicted_connections_close() {
+        let slots = slots(16, 100, 0);
+        let t0 = Instant::now();
+        let flood: Vec<Slot> = (0..16).map(|i| slots.admit(ip(100 + i), false, t0).unwrap().slot).collect();
+        let later = t0 + SECOND;
+        let newcomers: Vec<Admission> = (0..16).map(|i| slots.admit(ip(200 + i), false, later).unwrap()).collect();
+        assert!(newcomers.iter().all(|a| a.evicted) && flood.iter().all(|s| s.evicted().is_cancelled()));
+        // Sixteen evicted connections still hold their descriptors: no more evictions.
+        assert_eq!(slots.admit(ip(50), false, later + SECOND).unwrap_err(), Refusal::Full);
+        let mut flood = flood;
+        flood.pop();
+        assert!(slots.admit(ip(50), false, later + SECOND).unwrap().evicted, "one closed, one more eviction");
     }
 
     #[test]

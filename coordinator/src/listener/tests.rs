@@ -218,7 +218,7 @@ async fn operators_get_in_through_the_reserve_when_agents_hold_every_general_slo
 async fn an_address_over_its_share_is_refused_at_once_and_a_flood_of_silent_ones_gives_way() {
     let config = limits(|c| {
         c.max_connections = 3;
-        c.max_connections_per_ip = 2;
+        c.max_connections_per_ip = 1;
         c.first_request_timeout = Duration::from_secs(4);
         c.tls_handshake_timeout = Duration::from_secs(4);
     });
@@ -226,7 +226,8 @@ async fn an_address_over_its_share_is_refused_at_once_and_a_flood_of_silent_ones
     let (addr, started, _stop) = start(config, Mode::Plain).await;
     let Started::Plain(mut incoming) = started else { panic!("plain") };
     let flood_since = Instant::now();
-    let flood = [connect_from(2, addr).await, connect_from(2, addr).await, connect_from(3, addr).await];
+    // One connection per address, so fair share evicts nothing and only age does.
+    let flood = [connect_from(2, addr).await, connect_from(3, addr).await, connect_from(4, addr).await];
     let since = Instant::now();
     let over = connect_from(2, addr).await;
     let refused = closed_after(over, since).await;

@@ -48,6 +48,19 @@ impl Limit {
         }
     }
 
+    /// The name in the log line's `kind` field, one per kind (two kinds may share a `limit` key).
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::MaxConnections => "refused_full",
+            Limit::PerIp => "refused_per_ip",
+            Limit::OperatorReserved => "closed_not_operator",
+            Limit::Evicted => "evicted",
+            Limit::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Limit::FirstRequestTimeout => "first_request_timeout",
+            Limit::FdExhausted => "fd_exhausted",
+        }
+    }
+
     fn index(self) -> usize {
         Limit::ALL.iter().position(|limit| *limit == self).expect("ALL lists every limit")
     }
@@ -114,38 +127,38 @@ impl Line {
     /// Writes the line at WARN.
     pub fn emit(&self, interval: Duration) {
         let peer = self.peer.map(|peer| peer.to_string()).unwrap_or_else(|| "-".to_string());
-        let (limit, count) = (self.limit.key(), self.count);
+        let (kind, limit, count) = (self.limit.name(), self.limit.key(), self.count);
         let interval = humantime::format_duration(interval).to_string();
         match self.limit {
             Limit::MaxConnections => tracing::warn!(
-                limit, %peer, count, interval,
+                kind, limit, %peer, count, interval,
                 "connections refused: every slot holds an established connection; raise limits.max_connections if \
                  these are agents"
             ),
             Limit::PerIp => tracing::warn!(
-                limit, %peer, count, interval,
+                kind, limit, %peer, count, interval,
                 "connections refused: the address holds limits.max_connections_per_ip connections; raise it if \
                  agents share a NAT"
             ),
             Limit::OperatorReserved => tracing::warn!(
-                limit, %peer, count, interval,
+                kind, limit, %peer, count, interval,
                 "connections closed: the general slots are full and the reserved ones are for operator certificates"
             ),
             Limit::Evicted => tracing::warn!(
-                limit, %peer, count, interval,
+                kind, limit, %peer, count, interval,
                 "pending connections closed to make room: limits.max_connections reached by connections that did \
                  not finish TLS or send the HTTP/2 preface"
             ),
             Limit::TlsHandshakeTimeout => tracing::warn!(
-                limit, %peer, count, interval,
+                kind, limit, %peer, count, interval,
                 "connections closed: no TLS handshake within limits.tls_handshake_timeout"
             ),
             Limit::FirstRequestTimeout => tracing::warn!(
-                limit, %peer, count, interval,
+                kind, limit, %peer, count, interval,
                 "connections closed: no HTTP/2 preface within limits.first_request_timeout"
             ),
             Limit::FdExhausted => tracing::warn!(
-                limit, %peer, count, interval,
+                kind, limit, %peer, count, interval,
                 "accept failed: the process is out of file descriptors; raise LimitNOFILE or lower \
                  limits.max_connections"
             ),

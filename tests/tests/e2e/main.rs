@@ -7,6 +7,7 @@ mod demo;
 mod foundation;
 mod lab;
 mod lab_netns;
+mod limits;
 mod maas;
 mod redeploy;
 mod security;
