@@ -73,6 +73,9 @@ pub struct Config {
     /// The lab plan's reconciliation and waits (see [`crate::plan::LabConfig`]).
     #[serde(default)]
     pub lab: crate::plan::LabConfig,
+    /// The gRPC listener's connection limits and timeouts (see [`crate::listener::Config`]).
+    #[serde(default)]
+    pub limits: crate::listener::Config,
 }
 
 /// When a machine counts as degraded.
@@ -251,6 +254,7 @@ impl Config {
         problems.section("operations", |p| self.operations.validate(p));
         problems.section("artifacts", |p| self.artifacts.validate(p));
         problems.section("lab", |p| self.lab.validate(p));
+        problems.section("limits", |p| self.limits.validate_into(p));
     }
 
     /// Parses `text` as the config file `path` and validates it, naming file, line and key on failure; the

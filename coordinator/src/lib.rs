@@ -13,7 +13,8 @@
 //! - [`poller`]: keeps the store's view of every MAAS machine current and turns MAAS changes into events.
 //! - [`client_config`]: `client.toml`, written by the server and read by fleetctl.
 //! - [`spec`]: expected hardware profiles (`[profiles.NAME]` in lab.toml).
-//! - [`server`]: `coordinator serve` wired together, with graceful shutdown.
+//! - [`server`]: `coordinator serve` wired together, with graceful shutdown; [`listener`]: its accept loop,
+//!   with the connection limits and TLS (`[limits]`).
 //! - [`enroll`], [`auth`], [`secret`], [`security_store`]: enrollment tokens, agent and operator
 //!   certificates, per-RPC checks, revocation, the audit log, and the redacting [`secret::Secret`].
 //! - [`operations`]: redeploy operations (stored, resumable, rolling) and machine power/forget; [`artifacts`]
@@ -34,6 +35,7 @@ pub mod enroll;
 pub mod fleet;
 pub mod grpc;
 pub mod health;
+pub mod listener;
 pub mod maas;
 pub mod matching;
 pub mod operations;

@@ -8,8 +8,6 @@ use proto::v1::fleet_service_server::FleetServiceServer;
 use proto::v1::security_service_server::SecurityServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::auth::{OperatorGate, Security};
 use crate::client_config::{self, ClientConfig};
@@ -18,6 +16,7 @@ use crate::fleet::{Fleet, FleetError, FleetSettings};
 use crate::grpc::agent_service::AgentApi;
 use crate::grpc::fleet_service::FleetApi;
 use crate::grpc::security_service::{self, SecurityApi};
+use crate::listener::{self, Listener};
 use crate::pki::{self, PkiError};
 use crate::poller::{self, EventSink};
 use crate::store::{MaasStore, SqliteStore, Store, StoreError};
@@ -47,6 +46,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] listener::Error),
     #[error("cannot create the local admin credential: {0}")]
     Operators(#[from] crate::operators::OperatorError),
     #[error(transparent)]
@@ -95,7 +96,8 @@ pub async fn serve(listener: TcpListener, config: Config, stop: CancellationToke
 /// A server whose store, certificates and `client.toml` exist, ready to [`run`](Prepared::run).
 pub struct Prepared {
     router: tonic::transport::server::Router,
-    incoming: TcpIncoming,
+    /// Our own accept loop (connection limits, TLS, preface timeout); tonic serves what it lets through.
+    listener: Listener,
     bound: SocketAddr,
     config: Config,
     stop: CancellationToken,
@@ -183,31 +185,30 @@ async fn prepare_inner(
         (None, _) => (None, None),
     };
 
+    // TLS is not tonic's here: crate::listener does it, with the handshake timeout and the caps.
+    let limits = &config.limits;
     let mut builder = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
-    let ca_file = if config.insecure {
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    let (ca_file, mode) = if config.insecure {
         tracing::warn!(
             "serving plaintext gRPC (--insecure): NO enrollment tokens, NO client certificates, NO operator \
              authentication; anyone who reaches this port controls the fleet; use it for local experiments only"
         );
-        None
+        (None, listener::Mode::Plain)
     } else {
         let pki = pki::ensure(&config.state_dir, &config.tls.extra_sans)?;
         // Client certificates are optional at the handshake (Enroll with a token has none yet); when
         // one is presented rustls verifies it against our CA, and each RPC says what it needs.
         // During a CA rotation client certificates of both CAs are trusted (see crate::rotation).
         let bundle = crate::rotation::trust_bundle(&config.state_dir).unwrap_or_else(|_| pki.ca_pem.clone());
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&pki.cert_pem, &pki.key_pem))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&bundle))
-            .client_auth_optional(true);
-        builder = builder.tls_config(tls)?;
+        let mode = listener::Mode::tls(&pki.cert_pem, &pki.key_pem, &bundle)?;
         if !config.enroll.require_token {
             tracing::warn!("[enroll] require_token = false: any agent that reaches this port may enroll");
         }
-        Some(pki.ca_path)
+        (Some(pki.ca_path), mode)
     };
     let security_store = crate::security_store::SecurityStore::open(&config.state_dir)?;
     let security =
@@ -306,8 +307,8 @@ async fn prepare_inner(
         .add_service(lab)
         .add_optional_service(verify);
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Ok(Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller, ops: engine })
+    let listener = Listener::new(listener, config.limits.clone(), mode);
+    Ok(Prepared { router, listener, bound, config, stop, fleet_stop, tasks, health, poller, ops: engine })
 }
 
 /// The gRPC health service's name for the store; NOT_SERVING while it cannot write.
@@ -347,12 +348,26 @@ impl Prepared {
     /// # Errors
     /// The transport failed.
     pub async fn run(self) -> Result<(), ServeError> {
-        let Prepared { router, incoming, bound, config, stop, fleet_stop, tasks, health, poller, ops } = self;
+        let Prepared { router, listener, bound, config, stop, fleet_stop, tasks, health, poller, ops } = self;
         let client_path = config.state_dir.join(client_config::FILE_NAME);
         tracing::info!(addr = %bound, tls = !config.insecure, state_dir = %config.state_dir.display(), client_config = %client_path.display(), "coordinator listening");
         metalfleet_common::readiness::announce(bound);
 
-        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+        let limits = listener.config();
+        tracing::info!(
+            max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_connections_per_ip,
+            operator_reserved = limits.operator_reserved,
+            tls_handshake_timeout = ?limits.tls_handshake_timeout,
+            first_request_timeout = ?limits.first_request_timeout,
+            max_concurrent_streams = limits.max_concurrent_streams,
+            "connection limits"
+        );
+        let shutdown = stop.clone().cancelled_owned();
+        let mut server = match listener.start(stop.child_token()) {
+            listener::Started::Plain(incoming) => tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)),
+            listener::Started::Tls(incoming) => tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)),
+        };
         // Connections and running operations drain together, within one grace period from the stop.
         let mut drain_deadline = None;
         let result = tokio::select! {

@@ -9,6 +9,7 @@ mod foundation;
 mod hostile;
 mod lab;
 mod lab_netns;
+mod limits;
 mod maas;
 mod output;
 mod redeploy;
