@@ -34,10 +34,10 @@ pub struct MaasMachine {
     pub updated_at: DateTime<Utc>,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 impl MaasMachine {
     /// A deployed, powered machine (4 CPUs, 16 GiB, one 500 GB disk, no NICs) that tests adjust with `..`.
-    pub(crate) fn deployed_for_tests(system_id: &str, hostname: &str) -> Self {
+    pub fn deployed_for_tests(system_id: &str, hostname: &str) -> Self {
         use chrono::TimeZone;
         MaasMachine {
             system_id: system_id.into(),
