@@ -75,10 +75,7 @@ impl Outcome {
     }
 }
 
-/// The short hostname, lower case (`server1.maas` and `SERVER1` are `server1`).
-pub fn short_name(hostname: &str) -> String {
-    hostname.split('.').next().unwrap_or_default().to_ascii_lowercase()
-}
+pub use crate::domain::short_name;
 
 /// Matches every agent; the result is in the order of `agents`.
 pub fn match_agents(agents: &[AgentFacts], maas: &[MaasFacts]) -> Vec<Outcome> {

@@ -267,6 +267,11 @@ pub mod kinds {
     pub const STORE_RECOVERED: &str = "store_recovered";
 }
 
+/// The short hostname, lower case (`server1.maas` and `SERVER1` are `server1`).
+pub fn short_name(hostname: &str) -> String {
+    hostname.split('.').next().unwrap_or_default().to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

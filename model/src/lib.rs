@@ -7,9 +7,11 @@
 //! Layout:
 //! - [`domain`]: machines, samples, inventories, events, health, and the MAAS view of a machine.
 //! - [`spec`]: expected hardware profiles (`[profiles.NAME]` in lab.toml) and sizes for people.
+//! - [`verify`]: spec verification's records and pure rules (expected vs commissioned vs live).
 //! - [`client_config`]: `client.toml`, written by the coordinator and read by fleetctl.
 #![forbid(unsafe_code)]
 
 pub mod client_config;
 pub mod domain;
 pub mod spec;
+pub mod verify;

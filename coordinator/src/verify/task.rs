@@ -9,17 +9,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+pub use model::verify::{NodeVerdict, Rematched};
+
 use super::{
     Baseline, BaselineSource, Inputs, MachineReport, Verdict, VerifyConfig, VerifySources, is_commissioned, kinds,
     reports, specs_from_inventory, specs_from_maas,
 };
-use crate::domain::{self, NewEvent};
+use crate::domain::NewEvent;
 use crate::fleet::Fleet;
 use crate::matching::{self, AgentFacts, MaasFacts, Outcome};
 use crate::reachability::{self, MaasState, Reach};
@@ -36,30 +38,6 @@ pub enum VerifyError {
     NotMatched(String),
     #[error("{0}")]
     NoData(String),
-}
-
-/// One machine's lost-node verdict as last evaluated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeVerdict {
-    pub machine_id: String,
-    pub hostname: String,
-    pub system_id: Option<String>,
-    pub verdict: String,
-    pub reason: String,
-    pub health: domain::Health,
-    pub maas_status: String,
-    pub power_state: String,
-    pub reachability: String,
-    pub evaluated_at: DateTime<Utc>,
-}
-
-/// What a rematch did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rematched {
-    pub machine_id: String,
-    pub hostname: String,
-    pub system_id: Option<String>,
-    pub outcome: String,
 }
 
 /// Shared by the loop and the VerifyService. Cheap to clone.
@@ -217,7 +195,7 @@ impl VerifyHandle {
 
     async fn run_pass(&self, state: &mut PassState) -> Result<Vec<MachineReport>, StoreError> {
         let store = &self.inner.store;
-        let mut inputs = Inputs::load(store.as_ref()).await?;
+        let mut inputs = super::load_inputs(store.as_ref()).await?;
         self.match_agents(state, &mut inputs).await?;
 
         for m in inputs.maas.iter().filter(|m| is_commissioned(m)) {
