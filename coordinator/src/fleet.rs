@@ -45,12 +45,7 @@ const SKEW_EVENT_EVERY: Duration = Duration::from_secs(3600);
 /// One per heartbeat stream; the writer only ever raises it.
 pub type AckSink = Arc<watch::Sender<u64>>;
 
-/// The coordinator's own condition, as operators see it (`fleetctl status`, the gRPC health service).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CoordinatorStatus {
-    /// Since when the store cannot write, with why; `None` when it writes.
-    pub degraded: Option<(DateTime<Utc>, String)>,
-}
+pub use crate::domain::CoordinatorStatus;
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]

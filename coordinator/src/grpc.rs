@@ -16,6 +16,11 @@ use tonic::Status;
 
 use crate::fleet::FleetError;
 
+/// The gRPC status for a value on the wire that cannot become a record: `INVALID_ARGUMENT` naming the field.
+pub fn invalid(error: model::wire::WireError) -> Status {
+    Status::invalid_argument(format!("refused {}: {}", error.field, error.reason))
+}
+
 /// The gRPC status for a fleet error; messages say what the caller should do.
 pub fn status(error: FleetError) -> Status {
     match &error {

@@ -17,7 +17,6 @@ pub mod apply;
 pub mod destroy;
 pub mod diff;
 pub mod export;
-pub mod file;
 pub mod live;
 pub mod reconcile;
 pub mod report;
@@ -30,7 +29,7 @@ use metalfleet_common::config::bounds::{Problems, limits};
 use serde::Deserialize;
 
 pub use diff::{Op, plan};
-pub use file::LabFile;
+pub use model::plan::{Action, Change, LabFile, file};
 
 /// `[lab]` in the coordinator's config.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -84,50 +83,6 @@ impl Default for LabConfig {
     }
 }
 
-/// What a step does, terraform-like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Create,
-    Update,
-    Delete,
-    /// A gate that changes nothing but must hold (a DHCP probe, a wait until synced or Ready).
-    Check,
-    Unchanged,
-}
-
-impl Action {
-    pub fn symbol(self) -> char {
-        match self {
-            Action::Create => '+',
-            Action::Update => '~',
-            Action::Delete => '-',
-            Action::Check => '?',
-            Action::Unchanged => '=',
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Create => "create",
-            Action::Update => "update",
-            Action::Delete => "delete",
-            Action::Check => "check",
-            Action::Unchanged => "unchanged",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Action> {
-        [Action::Create, Action::Update, Action::Delete, Action::Check, Action::Unchanged]
-            .into_iter()
-            .find(|a| a.as_str() == text)
-    }
-
-    /// True when the step changes MAAS or the router.
-    pub fn is_change(self) -> bool {
-        matches!(self, Action::Create | Action::Update | Action::Delete)
-    }
-}
-
 /// One line of a plan: what, on which object, and the change in words.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
@@ -138,6 +93,13 @@ pub struct Step {
     pub summary: String,
     /// What [`apply`] does for it; `None` for steps that only inform.
     pub op: Option<Op>,
+}
+
+impl Step {
+    /// The step as operators see it (without its op, which stays on the server).
+    pub fn change(&self) -> Change {
+        Change { action: self.action, kind: self.kind.clone(), summary: self.summary.clone() }
+    }
 }
 
 impl fmt::Display for Step {

@@ -267,6 +267,13 @@ pub mod kinds {
     pub const STORE_RECOVERED: &str = "store_recovered";
 }
 
+/// The coordinator's own condition, as operators see it (`fleetctl status`, the gRPC health service).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CoordinatorStatus {
+    /// Since when the store cannot write, with why; `None` when it writes.
+    pub degraded: Option<(DateTime<Utc>, String)>,
+}
+
 /// The short hostname, lower case (`server1.maas` and `SERVER1` are `server1`).
 pub fn short_name(hostname: &str) -> String {
     hostname.split('.').next().unwrap_or_default().to_ascii_lowercase()

@@ -6,6 +6,9 @@
 //!
 //! Layout:
 //! - [`domain`]: machines, samples, inventories, events, health, and the MAAS view of a machine.
+//! - [`operations`]: redeploy operations, their machines and steps.
+//! - [`plan`]: the plan file `lab.toml` and the lines of a plan.
+//! - [`wire`] (feature `wire`): the conversions to and from the `metalfleet.v1` wire types.
 //! - [`spec`]: expected hardware profiles (`[profiles.NAME]` in lab.toml) and sizes for people.
 //! - [`verify`]: spec verification's records and pure rules (expected vs commissioned vs live).
 //! - [`client_config`]: `client.toml`, written by the coordinator and read by fleetctl.
@@ -13,5 +16,9 @@
 
 pub mod client_config;
 pub mod domain;
+pub mod operations;
+pub mod plan;
 pub mod spec;
 pub mod verify;
+#[cfg(feature = "wire")]
+pub mod wire;

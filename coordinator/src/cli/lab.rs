@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::CliError;
 use super::output::{self, Output, Text};
 use crate::grpc::client::FleetClient;
-use crate::plan::{Action, LabFile, Step};
+use crate::plan::{Action, Change, LabFile};
 
 /// Reads, checks and prepares a plan file: ssh key `file`s are read here and sent inline.
 ///
@@ -27,12 +27,12 @@ pub fn load(path: &Path) -> Result<String, CliError> {
     Ok(lab.to_toml())
 }
 
-fn step_json(step: &Step) -> Value {
+fn step_json(step: &Change) -> Value {
     json!({"action": step.action.as_str(), "kind": step.kind, "summary": step.summary})
 }
 
 /// The plan as text; unchanged steps only with `verbose`.
-pub fn plan_text(steps: &[Step], verbose: bool) -> Text {
+pub fn plan_text(steps: &[Change], verbose: bool) -> Text {
     let mut out = Text::new();
     for step in steps.iter().filter(|s| verbose || s.action != Action::Unchanged) {
         out.line(step);

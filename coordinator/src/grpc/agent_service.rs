@@ -97,9 +97,11 @@ impl AgentService for AgentApi {
         // The token is a secret: it leaves the request here and is only ever hashed.
         let token = crate::secret::Secret::new(std::mem::take(&mut wire.token));
         let csr_pem = std::mem::take(&mut wire.csr_pem);
-        let enrollment = convert::agent::enrollment(wire).inspect_err(|refusal| {
-            tracing::warn!(peer = ?remote, %refusal, "enrollment refused: bad request");
-        })?;
+        let enrollment = convert::agent::enrollment(wire)
+            .inspect_err(|refusal| {
+                tracing::warn!(peer = ?remote, %refusal, "enrollment refused: bad request");
+            })
+            .map_err(super::invalid)?;
         tracing::Span::current().record("agent_id", enrollment.agent_id.as_str());
         let Some(security) = self.security.clone() else {
             let machine = self.fleet.enroll(enrollment, Takeover::default()).await.map_err(status)?;
@@ -233,9 +235,11 @@ impl AgentService for AgentApi {
         self.check_agent(peer.as_ref(), &machine_id)?;
         let inventory =
             inventory.ok_or_else(|| Status::invalid_argument("inventory is missing; send the full inventory"))?;
-        let inventory = convert::agent::inventory(inventory, chrono::Utc::now()).inspect_err(|refusal| {
-            tracing::warn!(%machine_id, %refusal, "inventory refused");
-        })?;
+        let inventory = convert::agent::inventory(inventory, chrono::Utc::now())
+            .inspect_err(|refusal| {
+                tracing::warn!(%machine_id, %refusal, "inventory refused");
+            })
+            .map_err(super::invalid)?;
         let changed = self.fleet.report_inventory(&machine_id, inventory).await.map_err(status)?;
         Ok(Response::new(pb::ReportInventoryResponse { changed }))
     }
@@ -255,7 +259,7 @@ impl AgentService for AgentApi {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the heartbeat stream ended before its first message"))?;
-        let first = convert::agent::heartbeat(first, chrono::Utc::now())?;
+        let first = convert::agent::heartbeat(first, chrono::Utc::now()).map_err(super::invalid)?;
         let machine_id = first.heartbeat.machine_id.clone();
         self.check_agent(peer.as_ref(), &machine_id)?;
         // Subscribed before the first write, so a revocation from now on ends the stream.
@@ -327,7 +331,7 @@ impl AgentService for AgentApi {
                         hb.heartbeat.machine_id
                     ))),
                     Ok(hb) => api.accept(hb, &acks).await,
-                    Err(refusal) => Err(refusal.into()),
+                    Err(refusal) => Err(super::invalid(refusal)),
                 };
                 match result {
                     Ok(Some(refusals)) => {

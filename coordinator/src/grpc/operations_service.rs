@@ -71,7 +71,7 @@ impl OperationsService for OperationsApi {
                 "user_data": !wire.user_data_template.is_empty(),
             }),
         );
-        let redeploy = convert::redeploy_request(request.into_inner())?;
+        let redeploy = convert::redeploy_request(request.into_inner()).map_err(super::invalid)?;
         let (op, plan) = self.ops.redeploy(redeploy).await.map_err(status)?;
         Ok(Response::new(pb::RedeployResponse {
             operation: op.as_ref().map(convert::operation),
@@ -146,7 +146,7 @@ impl OperationsService for OperationsApi {
     async fn power(&self, request: Request<pb::PowerRequest>) -> Result<Response<pb::PowerResponse>, Status> {
         let wire = request.get_ref();
         audit(&request, serde_json::json!({ "machine": wire.machine, "action": wire.action().as_str_name() }));
-        let action = convert::power_action(wire.action)?;
+        let action = convert::power_action(wire.action).map_err(super::invalid)?;
         let machine = self.ops.power(&wire.machine, action).await.map_err(status)?;
         Ok(Response::new(pb::PowerResponse {
             system_id: machine.system_id.clone(),

@@ -5,12 +5,12 @@ use proto::v1 as pb;
 
 use super::{ClientError, FleetClient};
 use crate::grpc::convert::lab as wire;
-use crate::plan::Step;
+use crate::plan::Change;
 
 /// A plan as the coordinator computed it, or the stale state it could offer instead.
 #[derive(Debug, Clone)]
 pub struct PlanAnswer {
-    pub steps: Vec<Step>,
+    pub steps: Vec<Change>,
     pub stale: Option<pb::LabStale>,
 }
 
@@ -20,7 +20,7 @@ impl FleetClient {
     pub async fn lab_plan(&self, lab_toml: String, prune: bool) -> Result<PlanAnswer, ClientError> {
         let mut client = self.lab.clone();
         let answer = self.unary(client.plan(pb::LabPlanRequest { lab_toml, prune })).await?;
-        Ok(PlanAnswer { steps: answer.steps.into_iter().map(wire::step_from_wire).collect(), stale: answer.stale })
+        Ok(PlanAnswer { steps: answer.steps.into_iter().map(wire::change_from_wire).collect(), stale: answer.stale })
     }
 
     /// The progress of an apply (or, with `destroy`, of a teardown), as the coordinator streams it.

@@ -66,30 +66,8 @@ pub mod bounds {
     pub const MAX_HOSTNAME_LABEL: usize = 63;
 }
 
-/// One value refused: which field, and why. The one error type of this boundary.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct Refusal {
-    /// The field path, e.g. `filesystems[2].available_bytes`.
-    pub field: String,
-    pub reason: String,
-}
-
-impl Refusal {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Refusal { field: field.into(), reason: reason.into() }
-    }
-
-    fn at(self, prefix: &str) -> Self {
-        Refusal { field: format!("{prefix}.{}", self.field), reason: self.reason }
-    }
-}
-
-impl From<Refusal> for tonic::Status {
-    fn from(refusal: Refusal) -> Self {
-        tonic::Status::invalid_argument(format!("refused {}: {}", refusal.field, refusal.reason))
-    }
-}
+/// One value refused: which field, and why (the wire boundary's one error type).
+pub use model::wire::WireError as Refusal;
 
 /// A heartbeat message after the checks: the accepted samples, and each refused one by its `seq`.
 #[derive(Debug, Clone, PartialEq)]

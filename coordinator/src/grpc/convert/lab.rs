@@ -2,18 +2,14 @@
 
 use proto::v1 as pb;
 
+pub use model::wire::lab::{change_from_wire, change_to_wire};
+
+use crate::plan::Step;
 use crate::plan::apply::Progress;
-use crate::plan::{Action, Step};
 
 /// A plan step on the wire (the op stays on the server).
 pub fn step_to_wire(step: &Step) -> pb::LabStep {
-    pb::LabStep { action: step.action.as_str().to_string(), kind: step.kind.clone(), summary: step.summary.clone() }
-}
-
-/// A plan step from the wire; an unknown action reads as a check, which changes nothing.
-pub fn step_from_wire(step: pb::LabStep) -> Step {
-    let pb::LabStep { action, kind, summary } = step;
-    Step { action: Action::parse(&action).unwrap_or(Action::Check), kind, summary, op: None }
+    change_to_wire(&step.change())
 }
 
 fn u32_of(n: usize) -> u32 {
@@ -66,11 +62,13 @@ pub fn progress_to_wire(progress: &Progress) -> pb::LabProgress {
 mod tests {
     use super::*;
 
+    use crate::plan::Action;
+
     #[test]
     fn steps_round_trip_without_their_op() {
         let step = Step { action: Action::Create, kind: "ip_range".into(), summary: "create x".into(), op: None };
-        assert_eq!(step_from_wire(step_to_wire(&step)), step);
-        let odd = step_from_wire(pb::LabStep { action: "explode".into(), kind: "k".into(), summary: "s".into() });
+        assert_eq!(change_from_wire(step_to_wire(&step)), step.change());
+        let odd = change_from_wire(pb::LabStep { action: "explode".into(), kind: "k".into(), summary: "s".into() });
         assert_eq!(odd.action, Action::Check);
     }
 

@@ -4,7 +4,13 @@
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 
+use proto::v1 as pb;
+
 use super::*;
+use crate::domain::{
+    BlockDevice, Dmi, FilesystemUsage, Health, Inventory, Machine, MachineView, NetworkInterface, NetworkRate, OsInfo,
+    Sample, Temperature,
+};
 
 fn arb_time() -> impl Strategy<Value = DateTime<Utc>> {
     (-62_000_000_000i64..250_000_000_000, 0u32..1_000_000_000)

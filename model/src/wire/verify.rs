@@ -4,8 +4,9 @@ use proto::v1 as pb;
 
 use super::{time, timestamp};
 use crate::domain::Health;
-use crate::verify::task::{NodeVerdict, Rematched};
-use crate::verify::{BaselineInfo, BaselineSource, FieldVerdict, MachineReport, Observed, Unit, Verdict};
+use crate::verify::{
+    BaselineInfo, BaselineSource, FieldVerdict, MachineReport, NodeVerdict, Observed, Rematched, Unit, Verdict,
+};
 
 /// Why a VerifyService answer cannot be read.
 #[derive(Debug, thiserror::Error)]

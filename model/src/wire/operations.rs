@@ -2,14 +2,14 @@
 
 use proto::v1 as pb;
 
-use super::{time, timestamp};
+use super::{WireError, time, timestamp};
 use crate::operations::{MachineOp, OpState, Operation, Planned, PowerAction, RedeployRequest, Step, StepRecord};
 
 /// The request as the engine takes it (user data must be UTF-8 text).
 ///
 /// # Errors
-/// `INVALID_ARGUMENT` for user data that is not UTF-8.
-pub fn redeploy_request(wire: pb::RedeployRequest) -> Result<RedeployRequest, tonic::Status> {
+/// [`WireError`] for user data that is not UTF-8.
+pub fn redeploy_request(wire: pb::RedeployRequest) -> Result<RedeployRequest, WireError> {
     let pb::RedeployRequest {
         machines,
         tag,
@@ -21,13 +21,14 @@ pub fn redeploy_request(wire: pb::RedeployRequest) -> Result<RedeployRequest, to
         max_unavailable,
         max_failures,
     } = wire;
-    let template = if user_data_template.is_empty() {
-        None
-    } else {
-        Some(String::from_utf8(user_data_template).map_err(|_| {
-            tonic::Status::invalid_argument("the user data is not UTF-8 text; pass a cloud-init YAML template")
-        })?)
-    };
+    let template =
+        if user_data_template.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8(user_data_template).map_err(|_| {
+                WireError::new("user_data_template", "is not UTF-8 text; pass a cloud-init YAML template")
+            })?)
+        };
     let some = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_string());
     Ok(RedeployRequest {
         machines: machines.into_iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
@@ -173,12 +174,12 @@ pub fn step_from(text: &str) -> Result<Step, String> {
 
 /// # Errors
 /// `INVALID_ARGUMENT` when no action was given.
-pub fn power_action(action: i32) -> Result<PowerAction, tonic::Status> {
+pub fn power_action(action: i32) -> Result<PowerAction, WireError> {
     match pb::PowerAction::try_from(action) {
         Ok(pb::PowerAction::On) => Ok(PowerAction::On),
         Ok(pb::PowerAction::Off) => Ok(PowerAction::Off),
         Ok(pb::PowerAction::Cycle) => Ok(PowerAction::Cycle),
-        _ => Err(tonic::Status::invalid_argument("say what to do: power on, off or cycle")),
+        _ => Err(WireError::new("action", "say what to do: power on, off or cycle")),
     }
 }
 
@@ -216,7 +217,7 @@ mod tests {
         assert_eq!(request.machines, vec!["server1".to_string()]);
         assert_eq!(request.tag, None);
         let bad = pb::RedeployRequest { user_data_template: vec![0xff, 0xfe], ..Default::default() };
-        assert_eq!(redeploy_request(bad).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(redeploy_request(bad).unwrap_err().field, "user_data_template");
         assert!(power_action(0).is_err());
         assert_eq!(power_action(3).unwrap(), PowerAction::Cycle);
     }
