@@ -89,7 +89,8 @@ pub fn dir(path: &Path, what: &str) -> Option<Missing> {
 /// Returns from the calling test when a check finds a prerequisite missing, after recording the skip.
 ///
 /// Takes one or more `Option<Missing>` expressions, evaluated in order until one is `Some`. The calling function
-/// returns `()` or `Ok(())` (any `Result<(), E>`); see [`Skipped`].
+/// returns `()` or `Ok(())` (any `Result<(), E>`); see [`Skipped`]. `require!(@log Some(path); checks)` records
+/// into `path` instead of [`LOG_ENV`]'s file: this crate's own tests, whose skips are not the run's.
 #[macro_export]
 macro_rules! require {
     ($($check:expr),+ $(,)?) => {
