@@ -1,5 +1,6 @@
 //! `agent inventory --output json` (the built binary) against what this host's own tools say.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use serde_json::Value;
@@ -74,34 +75,52 @@ fn every_real_disk_of_lsblk_is_present_with_its_size() {
     assert_eq!(disks.len(), checked, "inventory disks {disks:?}");
 }
 
-#[test]
-fn every_interface_with_a_mac_is_present() {
+/// `ip -j link`'s interfaces with a 6-byte MAC other than all zeros, as the inventory lists them: name → MAC.
+fn ip_link_macs() -> BTreeMap<String, String> {
     let Some(text) = tool("ip", &["-j", "link"]) else {
         panic!("ip is not installed (Debian package iproute2)");
     };
     let links: Value = serde_json::from_str(&text).unwrap();
-    let inventory = inventory();
-    let interfaces = inventory["interfaces"].as_array().unwrap();
-    for link in links.as_array().unwrap() {
-        let address = link["address"].as_str().unwrap_or("");
-        if link["link_type"].as_str() != Some("ether") || address.is_empty() || address == "00:00:00:00:00:00" {
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|link| {
+            let mac = link["address"].as_str()?.to_lowercase();
+            let six_bytes = mac.split(':').count() == 6;
+            (six_bytes && mac != "00:00:00:00:00:00").then(|| (link["ifname"].as_str().unwrap().to_owned(), mac))
+        })
+        .collect()
+}
+
+/// Exactly `ip -j link`'s interfaces with a MAC, on any host: with no NIC but `lo`, the inventory lists none.
+#[test]
+fn interfaces_are_exactly_those_of_ip_link_with_a_mac() {
+    // Other tests add and move veths at the same time: compare only while `ip link` stays the same around
+    // the inventory.
+    for _ in 0..10 {
+        let before = ip_link_macs();
+        let inventory = inventory();
+        if ip_link_macs() != before {
             continue;
         }
-        let name = link["ifname"].as_str().unwrap();
-        let found = interfaces
+        let interfaces: BTreeMap<String, String> = inventory["interfaces"]
+            .as_array()
+            .unwrap()
             .iter()
-            .find(|i| i["name"] == name)
-            .unwrap_or_else(|| panic!("interface {name} missing: {interfaces:?}"));
-        assert_eq!(found["mac"].as_str(), Some(address.to_lowercase().as_str()), "MAC of {name}");
+            .map(|i| (i["name"].as_str().unwrap().to_owned(), i["mac"].as_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(interfaces, before, "inventory interfaces vs ip -j link");
+        return;
     }
-    assert!(interfaces.iter().all(|i| i["mac"] != "00:00:00:00:00:00"));
+    panic!("ip link kept changing around ten inventories");
 }
 
 #[test]
 fn hidden_disks_are_left_out() {
     let all = inventory();
     let disks = all["disks"].as_array().unwrap();
-    // On a host without disks, hide a name that does not exist: nothing may change then.
+    // On a host without disks, hide a name that does not exist: the (empty) list must not change then.
     let target = disks.first().and_then(|d| d["name"].as_str()).unwrap_or("no-such-disk");
     let output = Command::new(env!("CARGO_BIN_EXE_agent"))
         .args(["inventory", "--output", "json"])
@@ -111,8 +130,8 @@ fn hidden_disks_are_left_out() {
     assert!(output.status.success());
     let hidden: Value = serde_json::from_slice(&output.stdout).unwrap();
     let remaining = hidden["disks"].as_array().unwrap();
-    assert!(remaining.iter().all(|d| d["name"] != target));
-    assert_eq!(remaining.len(), disks.len().saturating_sub(1));
+    let expected: Vec<&Value> = disks.iter().filter(|d| d["name"] != target).collect();
+    assert_eq!(remaining.iter().collect::<Vec<_>>(), expected, "every disk but {target}");
 }
 
 #[test]

@@ -98,15 +98,8 @@ fn manual_forward_counts_only_when_the_wire_check_passes() {
 
 #[test]
 fn manual_dhcp_off_is_proven_by_the_probe() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .map(|l| l.split_whitespace().nth(1) == Some("0"));
-    if uid != Some(true) {
-        eprintln!("SKIPPED: the DHCP probe binds port 68 and needs root");
-        return;
-    }
+    // The DHCP probe binds port 68.
+    metalfleet_skip::require!(metalfleet_skip::root());
     let dir = tempfile::tempdir().unwrap();
     let config = manual_config(dir.path());
     // Nobody serves DHCP on loopback, so the probe proves "off" once the person confirms.

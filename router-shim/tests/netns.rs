@@ -6,29 +6,17 @@
 //! `wan` (192.0.2.2, the outside). Every step runs the real `router-shim` binary under
 //! `ip netns exec`, because entering a namespace from the test process would need unsafe code.
 //! Namespaces and processes are removed by a Drop guard, and stale ones from killed runs are swept
-//! at start. Without root the tests skip with a message.
+//! at start. Without root or the tools, each test records its skip (`metalfleet_skip`) and returns.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use metalfleet_skip::{Missing, require, root, tools};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_router-shim");
 const NS_KINDS: [&str; 5] = ["router", "sw", "lan", "main", "wan"];
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
-fn tools_present() -> bool {
-    ["ip", "nft", "dnsmasq"].iter().all(|tool| {
-        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-    })
-}
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"))
@@ -307,23 +295,14 @@ command = ["dnsmasq", "{conf_arg}", "{pid_arg}"]
     }
 }
 
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("SKIPPED: network namespace tests need root (run as root or in CI)");
-        return true;
-    }
-    if !tools_present() {
-        eprintln!("SKIPPED: need ip, nft and dnsmasq: apt-get install -y dnsmasq-base nftables iproute2");
-        return true;
-    }
-    false
+/// What every test here needs: root for namespaces, and the router's own tools.
+fn prerequisites() -> Option<Missing> {
+    root().or_else(|| tools(&["ip", "nft", "dnsmasq"]))
 }
 
 #[test]
 fn netns_linux_dhcp_forward_idempotency_and_reset() {
-    if skip() {
-        return;
-    }
+    require!(prerequisites());
     let lab = Lab::start("a");
     let original_conf = std::fs::read_to_string(lab.dnsmasq_conf()).unwrap();
 
@@ -407,9 +386,7 @@ fn netns_linux_dhcp_forward_idempotency_and_reset() {
 
 #[test]
 fn netns_cli_commit_confirm_of_protected_forward() {
-    if skip() {
-        return;
-    }
+    require!(prerequisites());
     let lab = Lab::start("b");
     let add =
         ["forward", "add", "--name", "main-ssh", "--proto", "tcp", "--external-port", "22", "--to", "172.16.0.3:22"];
@@ -462,9 +439,7 @@ fn netns_cli_commit_confirm_of_protected_forward() {
 
 #[test]
 fn netns_foreign_forward_drop_is_reported() {
-    if skip() {
-        return;
-    }
+    require!(prerequisites());
     let lab = Lab::start("c");
     let router = lab.ns("router");
     must("ip", &["netns", "exec", &router, "nft", "add table inet fw"]);
@@ -486,9 +461,7 @@ fn netns_foreign_forward_drop_is_reported() {
 
 #[test]
 fn netns_coordinator_proves_dhcp_off_from_main() {
-    if skip() {
-        return;
-    }
+    require!(prerequisites());
     let mut lab = Lab::start("d");
     let config = lab.config().display().to_string();
     let router = lab.ns("router");
@@ -564,9 +537,7 @@ fn netns_coordinator_proves_dhcp_off_from_main() {
 
 #[test]
 fn netns_remote_management_opens_and_closes_the_router() {
-    if skip() {
-        return;
-    }
+    require!(prerequisites());
     let mut lab = Lab::start("e");
     // The router's own SSH: a listener on all its addresses.
     let mut sshd = Command::new("ip")

@@ -10,29 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
+use metalfleet_skip::Missing;
 
 /// The start of every namespace name these helpers create (`mfl<pid>-<tag>-<kind>`).
 const PREFIX: &str = "mfl";
 
-/// Why a namespace test cannot run here, or `None` when it can (root, and `ip`, `nft`, `dnsmasq` installed).
-pub fn skip_reason() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if !root {
-        return Some("network namespace tests need root (run as root or in CI)".to_string());
-    }
-    let missing: Vec<&str> = ["ip", "nft", "dnsmasq", "curl"]
-        .into_iter()
-        .filter(|tool| {
-            !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if !missing.is_empty() {
-        return Some(format!("need {}: apt-get install -y dnsmasq-base nftables iproute2 curl", missing.join(", ")));
-    }
-    None
+/// What a namespace test needs: root, and `ip`, `nft`, `dnsmasq` and `curl` installed (`None`: all present).
+/// A test says `metalfleet_skip::require!(netns::prerequisites())`.
+pub fn prerequisites() -> Option<Missing> {
+    metalfleet_skip::root().or_else(|| metalfleet_skip::tools(&["ip", "nft", "dnsmasq", "curl"]))
 }
 
 /// Runs a command to completion (no deadline: only short system tools go through here).

@@ -925,21 +925,13 @@ async fn binary_prints_key_and_readiness_then_stops_on_sigterm() {
 }
 
 /// The stretch check: python-libmaas 0.6.8 (a real MAAS client) drives the sim through `tests/libmaas_drive.py`.
-/// Runs when `MAAS_SIM_PYTHON` (default `python3`) can import `maas.client`; otherwise it says so and passes.
+/// Runs when `MAAS_SIM_PYTHON` (default `python3`) can import `maas.client`; otherwise it records its skip.
 #[tokio::test]
 async fn python_libmaas_drives_the_sim() {
     within(async {
         let python = std::env::var("MAAS_SIM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let probe = tokio::process::Command::new(&python)
-            .args(["-c", "import maas.client"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
-        if !probe.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: {python} cannot import maas.client (pip install python-libmaas; set MAAS_SIM_PYTHON)");
-            return;
-        }
+        let hint = "pip install python-libmaas; set MAAS_SIM_PYTHON";
+        metalfleet_skip::require!(metalfleet_skip::python_module(&python, "maas.client", hint));
         let (sim, _) = sim_with(true).await;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/libmaas_drive.py");
         let out = tokio::process::Command::new(&python)

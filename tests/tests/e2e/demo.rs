@@ -86,17 +86,9 @@ fn read_json(path: &Path) -> Result<Value> {
 
 #[test]
 fn demo_netns_full_lab_ends_with_every_machine_deployed_healthy_and_verified() -> Result<()> {
-    let missing: Vec<&str> = ["curl", "jq", "ssh-keygen"]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("SKIPPED: the demo needs {}: apt-get install -y curl jq openssh-client", missing.join(", "));
-        return Ok(());
-    }
-    let as_root = netns::skip_reason().is_none();
+    metalfleet_skip::require!(metalfleet_skip::tools(&["curl", "jq", "ssh-keygen"]));
+    // Without root the demo runs on loopback: the namespace half is recorded as skipped.
+    let as_root = metalfleet_skip::part!(netns::prerequisites());
     // Built before the script runs, so it needs no cargo of its own (this test runs inside `cargo test`).
     for name in ["coordinator", "fleetctl", "agent", "maas-sim", "router-shim"] {
         assert!(bin(name).exists(), "{name} was built");

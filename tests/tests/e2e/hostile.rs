@@ -384,16 +384,10 @@ fn libc_enospc() -> i32 {
     28
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
 #[test]
 fn a_full_disk_degrades_the_coordinator_and_loses_no_acknowledged_sample() -> Result<()> {
-    if !is_root() {
-        eprintln!("SKIPPED a_full_disk_degrades_the_coordinator: needs root to mount a tmpfs");
-        return Ok(());
-    }
+    // Mounting the small tmpfs that fills up needs root.
+    metalfleet_skip::require!(metalfleet_skip::root());
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
     let _tmpfs = Tmpfs::mount(&state, "16m")?;

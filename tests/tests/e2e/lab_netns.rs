@@ -10,14 +10,16 @@
 //! - `wan`: `wan0` 192.0.2.2/24, the outside.
 //! - `rogue`: `rogue0` 172.16.0.60/20 on the switch, where a DHCP server the shim does not know can be started.
 //!
-//! These addresses exist only inside the namespaces; nothing is sent anywhere else. Without root the tests skip.
+//! These addresses exist only inside the namespaces; nothing is sent anywhere else. Without root or the tools,
+//! each test records its skip (`metalfleet_skip`) and returns.
 
 use std::process::Output;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use metalfleet_tests::netns::{Dnsmasq, Namespaces, skip_reason};
+use metalfleet_skip::require;
+use metalfleet_tests::netns::{self, Dnsmasq, Namespaces};
 use metalfleet_tests::{Proc, bin, run, stderr, stdout, wait_until};
 use serde_json::Value;
 
@@ -104,16 +106,6 @@ struct NetLab {
     sim_addr: std::net::SocketAddr,
     coordinator_addr: std::net::SocketAddr,
     router_mac: String,
-}
-
-fn skip() -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            eprintln!("SKIPPED: {reason}");
-            true
-        }
-        None => false,
-    }
 }
 
 impl NetLab {
@@ -384,9 +376,7 @@ fn offers(probe: &Value) -> Vec<Value> {
 
 #[test]
 fn netns_reference_lab_from_zero_apply_again_export_report_destroy() -> Result<()> {
-    if skip() {
-        return Ok(());
-    }
+    require!(netns::prerequisites());
     let mut lab = NetLab::start("a", "300s")?;
 
     // The start: the router's dnsmasq answers DHCP on the LAN, nothing is forwarded, MAAS DHCP is off.
@@ -565,9 +555,7 @@ fn check_report(lab: &NetLab, machines: &Value) -> Result<()> {
 
 #[test]
 fn netns_rogue_dhcp_stops_apply_before_maas_dhcp() -> Result<()> {
-    if skip() {
-        return Ok(());
-    }
+    require!(netns::prerequisites());
     let mut lab = NetLab::start("b", "300s")?;
     let rogue_mac = lab.start_rogue()?;
 
@@ -597,9 +585,7 @@ fn netns_rogue_dhcp_stops_apply_before_maas_dhcp() -> Result<()> {
 
 #[test]
 fn netns_reconcile_reapplies_forward_and_reports_rogue_dhcp() -> Result<()> {
-    if skip() {
-        return Ok(());
-    }
+    require!(netns::prerequisites());
     let mut lab = NetLab::start("c", "1s")?;
     let applied = lab.ok(&["apply", "lab.toml", "--yes"])?;
     assert!(applied.contains("Apply complete"), "{applied}");
@@ -665,9 +651,7 @@ fn count(events: &[Value], kind: &str) -> usize {
 
 #[test]
 fn netns_maas_down_plan_is_stale_apply_refused_then_succeeds() -> Result<()> {
-    if skip() {
-        return Ok(());
-    }
+    require!(netns::prerequisites());
     let lab = NetLab::start("d", "300s")?;
     // The poller has read MAAS once, so the stale state has an age.
     wait_until("the poller's first MAAS read", Duration::from_secs(30), || {
