@@ -7,10 +7,12 @@
 //! - [`telemetry`]: `tracing` to stderr, plus OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`shutdown`]: SIGTERM/SIGINT cancel a root `CancellationToken`.
 //! - [`readiness`]: the `listening addr=HOST:PORT` line that tests and scripts wait for.
+//! - [`secret`]: the redacting [`secret::Secret`] and the checks that refuse a secret file open to group or others.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod exit;
 pub mod readiness;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
