@@ -8,7 +8,8 @@
 //! - [`fleet`]: the live fleet state, the batching writer, the event and evaluator tasks.
 //! - [`grpc`]: AgentService and FleetService, the operator client, and `grpc::convert`, the
 //!   only place that maps wire types to domain types.
-//! - [`maas`]: the MAAS 3.5 REST client, the only code that talks to MAAS.
+//! - [`maas`]: the `maas-client` crate (the typed MAAS 3.5 REST client, the only code that talks to MAAS),
+//!   re-exported so `crate::maas::...` names it.
 //! - [`pki`]: the private CA and the server certificate.
 //! - [`poller`]: keeps the store's view of every MAAS machine current and turns MAAS changes into events.
 //! - [`client_config`]: `client.toml`, written by the server and read by fleetctl.
@@ -36,7 +37,6 @@ pub mod fleet;
 pub mod grpc;
 pub mod health;
 pub mod listener;
-pub mod maas;
 pub mod matching;
 pub mod operations;
 pub mod operators;
@@ -46,11 +46,14 @@ pub mod poller;
 pub mod reachability;
 pub mod rotation;
 pub mod router_cert;
-pub mod secret;
 pub mod security_store;
 pub mod server;
 pub use model::spec;
 pub mod store;
 pub mod verify;
 
+/// The MAAS client lives in the `maas-client` crate; `crate::maas` keeps naming it.
+pub use maas_client as maas;
+/// The redacting `Secret` and the secret-file checks live in `metalfleet-common`; `crate::secret` keeps naming them.
+pub use metalfleet_common::secret;
 pub use server::serve;

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = maas.api_root();
         }
     }
-    let _ = metalfleet_common::config::parse::<coordinator::maas::Config>(path, text);
+    let _ = metalfleet_common::config::parse::<maas_client::Config>(path, text);
     let _ = metalfleet_common::config::parse::<agent::config::FileConfig>(path, text);
     let _ = router_shim::config::Config::parse(path, text);
 });

@@ -1,11 +1,11 @@
-//! The MAAS answer readers: every response type of `coordinator::maas`, a machine action's answer, and the
+//! The MAAS answer readers: every response type of `maas_client`, a machine action's answer, and the
 //! error classifier. The first byte picks the HTTP status and content type given to the classifier.
 #![no_main]
 
 use std::time::Duration;
 
-use coordinator::maas::client::fuzzing;
-use coordinator::maas::*;
+use maas_client::client::fuzzing;
+use maas_client::*;
 use libfuzzer_sys::fuzz_target;
 
 const STATUSES: [u16; 8] = [400, 401, 403, 404, 409, 500, 503, 502];

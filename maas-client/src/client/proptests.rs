@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::fuzzing;
-use crate::maas::*;
+use crate::*;
 
 /// Decodes `bytes` as every response type the client reads, and runs the derived views of the ones that have them.
 fn decode_everything(bytes: &[u8]) {

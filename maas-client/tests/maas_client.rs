@@ -1,8 +1,7 @@
-//! The coordinator's MAAS client tests: fixtures, wire format against a stub, and the client against maas-sim.
+//! The MAAS client's tests: fixtures, wire format against a stub, and the client against maas-sim.
 //!
 //! - `fixtures`: every MAAS response document we model parses (ours always, ../shared's when present).
 //! - `lab`: the reference lab's MAAS steps from zero, against maas-sim.
-//! - `poller`: the coordinator's MAAS poller against maas-sim (one list per poll, events, stale, recovery).
 //! - `sim`: every client call against maas-sim, success and each error class.
 //! - `stub`: the exact OAuth header, form encoding and each error class against a tiny loopback HTTP stub.
 #![forbid(unsafe_code)]
@@ -11,8 +10,6 @@
 mod fixtures;
 #[path = "maas_client/lab.rs"]
 mod lab;
-#[path = "maas_client/poller.rs"]
-mod poller;
 #[path = "maas_client/sim.rs"]
 mod sim;
 #[path = "maas_client/stub.rs"]
@@ -27,8 +24,8 @@ pub async fn deadline<T>(limit: Duration, f: impl Future<Output = T>) -> T {
 }
 
 /// A client config for tests: fast backoff, the given retries.
-pub fn test_config(url: &str, retries: u32) -> coordinator::maas::Config {
-    let mut cfg = coordinator::maas::Config::new(url::Url::parse(url).unwrap(), "/nonexistent/maas.key".into());
+pub fn test_config(url: &str, retries: u32) -> maas_client::Config {
+    let mut cfg = maas_client::Config::new(url::Url::parse(url).unwrap(), "/nonexistent/maas.key".into());
     cfg.retries = retries;
     cfg.retry_backoff = Duration::from_millis(5);
     cfg.max_backoff = Duration::from_secs(3);

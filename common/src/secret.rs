@@ -1,4 +1,4 @@
-//! [`Secret`]: a string that never shows itself in `Debug`, `Display`, logs or JSON.
+//! [`Secret`]: a string that never shows itself in `Debug`, `Display`, logs or JSON; and the checks for secret files.
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;

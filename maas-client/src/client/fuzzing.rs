@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{Call, Reply, classify, decode_optional_machine};
-use crate::maas::{Error, Machine};
+use crate::{Error, Machine};
 
 /// The error a non-2xx MAAS answer to a machine call becomes, from its status, content type and body.
 pub fn classify_answer(status: u16, content_type: &str, body: &[u8], retry_after: Option<Duration>) -> Error {

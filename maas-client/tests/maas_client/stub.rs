@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use coordinator::maas::{self, ApiKey, Client, Error, NodeStatus};
+use maas_client::{self as maas, ApiKey, Client, Error, NodeStatus};
 
 use super::{deadline, test_config};
 

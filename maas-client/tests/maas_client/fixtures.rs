@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use coordinator::maas::*;
+use maas_client::*;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 

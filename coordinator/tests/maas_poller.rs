@@ -1,5 +1,6 @@
 //! The MAAS poller against maas-sim: one list call per poll, status changes as events, MAAS down -> stale
 //! state with a growing age -> recovery by itself.
+#![forbid(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,8 +13,45 @@ use coordinator::poller::{EventSink, MaasView, Poller, Settings};
 use coordinator::store::{MaasStore, SqliteStore};
 use tokio_util::sync::CancellationToken;
 
-use super::deadline;
-use super::sim::{self, Sim};
+use self::sim::Sim;
+
+/// maas-sim and clients for it: the part of maas-client's own test helpers (`maas-client/tests/maas_client/sim.rs`)
+/// that the poller needs.
+mod sim {
+    use std::time::Duration;
+
+    use coordinator::maas::{self, ApiKey, Client};
+
+    /// A running sim.
+    pub struct Sim {
+        pub handle: maas_sim::Handle,
+    }
+
+    /// The sim with the reference lab enlisted, its clock sped up.
+    pub async fn start() -> Sim {
+        let mut cfg = maas_sim::Config::for_tests();
+        cfg.enlisted = true;
+        cfg.time_scale = 0.005;
+        Sim { handle: maas_sim::start(cfg).await.expect("maas-sim starts") }
+    }
+
+    /// A client for the sim with fast backoff. maas-sim sends MAAS's `Retry-After: 10` with its 503s; the cap keeps
+    /// the tests fast.
+    pub fn client_for(handle: &maas_sim::Handle, key: &str, retries: u32) -> Client {
+        let mut cfg = maas::Config::new(url::Url::parse(&handle.base_url()).unwrap(), "/nonexistent/maas.key".into());
+        cfg.retries = retries;
+        cfg.retry_backoff = Duration::from_millis(5);
+        cfg.max_backoff = Duration::from_millis(50);
+        cfg.request_timeout = Duration::from_secs(10);
+        cfg.connect_timeout = Duration::from_secs(2);
+        Client::with_key(&cfg, ApiKey::parse(key).unwrap()).unwrap()
+    }
+}
+
+/// Every async test runs under this outer deadline.
+async fn deadline<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f).await.expect("test exceeded its deadline")
+}
 
 const INTERVAL: Duration = Duration::from_millis(200);
 
@@ -45,7 +83,7 @@ struct Running {
 }
 
 async fn start_poller() -> Running {
-    let sim = sim::start(true, None).await;
+    let sim = sim::start().await;
     // No client retries: a failed poll fails at once, and the next tick tries again.
     let client = sim::client_for(&sim.handle, &sim.handle.api_key(), 0);
     let dir = tempfile::tempdir().unwrap();
@@ -199,7 +237,7 @@ async fn maas_down_keeps_the_state_stale_with_its_age_then_recovers() {
 #[tokio::test]
 async fn a_hung_maas_cannot_hold_a_poll_beyond_its_bound() {
     deadline(Duration::from_secs(30), async {
-        let sim = sim::start(true, None).await;
+        let sim = sim::start().await;
         let client = sim::client_for(&sim.handle, &sim.handle.api_key(), 3);
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path(), 10).unwrap());

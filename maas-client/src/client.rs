@@ -199,8 +199,8 @@ impl Client {
     /// # Errors
     /// [`Error::Build`] when reqwest cannot start.
     pub fn with_key(config: &Config, key: ApiKey) -> Result<Client, Error> {
-        // reqwest is built with rustls but no crypto provider: the coordinator binary installs ring. A library
-        // user (or a test) that did not would make reqwest panic, so install ring here when nobody has; losing
+        // reqwest is built with rustls but no crypto provider: a binary (the coordinator's) installs ring. A
+        // library user (or a test) that did not would make reqwest panic, so install ring here when nobody has; losing
         // the race to another installer is fine.
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();

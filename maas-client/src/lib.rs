@@ -1,4 +1,9 @@
-//! Typed async client for the MAAS 3.5 region API (`/MAAS/api/2.0/`), the only code that talks to MAAS.
+//! Typed async client for the MAAS 3.5 region API (`/MAAS/api/2.0/`).
+//!
+//! Its rule: it knows MAAS, not metalfleet, so another project could depend on it. It names no metalfleet domain
+//! type and depends on no workspace crate but `metalfleet-common` (for the bounds its [`Config::validate`] reports
+//! and the mode check on the key file); maas-sim is only a dev-dependency, and `scripts/test` checks both with
+//! `cargo tree`. In metalfleet the coordinator uses it (as `coordinator::maas`) and is the only caller of MAAS.
 //!
 //! Layout:
 //! - [`client`]: [`Client`], one typed async method per MAAS call, with timeouts and safe retries.
@@ -12,6 +17,7 @@
 //! edge ([`NodeStatus`], [`PowerState`], [`ServiceStatus`], [`IpRangeType`], each with a fallback for values we do
 //! not know). Request parameters are separate structs ([`MachineFilter`], [`DeployOptions`], ...) that the client
 //! turns into MAAS's form fields itself, so the MAAS spelling of parameters lives in one place.
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod error;
@@ -30,7 +36,7 @@ pub use client::Client;
 pub use error::Error;
 pub use types::*;
 
-/// The `[maas]` table of the coordinator's config.
+/// The `[maas]` table of a config file (in metalfleet, the coordinator's).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -53,7 +59,8 @@ pub struct Config {
     /// The cap on one backoff delay, also applied to a `Retry-After` that MAAS sends with a 503.
     #[serde(with = "humantime_serde", default = "default_max_backoff")]
     pub max_backoff: Duration,
-    /// How often the coordinator's poller lists every machine (one `GET machines/` per poll).
+    /// How often the caller polls MAAS (the coordinator's poller: one `GET machines/` per poll); the client
+    /// itself never polls, it only checks the bounds.
     #[serde(with = "humantime_serde", default = "default_poll_interval")]
     pub poll_interval: Duration,
 }
@@ -198,8 +205,8 @@ impl ApiKey {
 
 /// Secrets live in files of mode 0600: a key readable by group or others is refused, with the fix.
 fn refuse_if_shared(path: &Path) -> Result<(), Error> {
-    match crate::secret::check_private(path) {
-        Err(crate::secret::SecretFileError::TooOpen { mode, .. }) => Err(Error::ApiKey {
+    match metalfleet_common::secret::check_private(path) {
+        Err(metalfleet_common::secret::SecretFileError::TooOpen { mode, .. }) => Err(Error::ApiKey {
             path: path.to_owned(),
             reason: format!("it is readable by group or others (mode {mode:04o}); run `chmod 600 {}`", path.display()),
         }),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use coordinator::maas::{self, ApiKey, Client, Error, Machine, NodeStatus, PowerState, SubnetRef};
+use maas_client::{self as maas, ApiKey, Client, Error, Machine, NodeStatus, PowerState, SubnetRef};
 
 use super::{deadline, test_config};
 

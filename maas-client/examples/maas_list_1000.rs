@@ -1,11 +1,11 @@
 //! Benchmark hook: the time of one `machines/` list call against maas-sim holding 1,000 Ready machines.
 //!
-//! Run with `cargo run -p coordinator --example maas_list_1000` (add `-- 5000` for another fleet size).
+//! Run with `cargo run -p maas-client --example maas_list_1000` (add `-- 5000` for another fleet size).
 //! It prints one line per measured call and a summary; nothing here is a test.
 
 use std::time::Instant;
 
-use coordinator::maas::{self, ApiKey, Client, MachineFilter};
+use maas_client::{self as maas, ApiKey, Client, MachineFilter};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use coordinator::maas::{self, NodeStatus, SubnetRef};
+use maas_client::{self as maas, NodeStatus, SubnetRef};
 
 use super::deadline;
 use super::sim::{start, wait_status};
