@@ -10,6 +10,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clap::{Parser, Subcommand, ValueEnum};
 use metalfleet_common::{config::ProcessEnv, exit};
+use router_shim_api::dhcp_off;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -275,18 +276,21 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let mut client = Client::connect(&shim, tls, Duration::from_secs(10))
                 .await
                 .map_err(|error| Failure { code: exit::UNAVAILABLE, error: error.into() })?;
-            match client.ensure_dhcp_off_and_prove(&interface, window).await {
+            match dhcp_off::switch_off_and_prove(&mut client, &interface, window).await {
                 Ok(report) => {
                     print_probe(&report, output);
                     Ok(exit::OK)
                 }
-                Err(error @ ClientError::DhcpStillAnswered { .. }) => {
+                Err(dhcp_off::Error::Proof(error @ dhcp_off::ProofError::StillAnswered { .. })) => {
                     Err(Failure { code: exit::CHECK_FAILED, error: error.into() })
                 }
-                Err(ClientError::Rpc(status)) if status.code() == tonic::Code::Unavailable => {
+                Err(dhcp_off::Error::SwitchOff(ClientError::Rpc(status)))
+                    if status.code() == tonic::Code::Unavailable =>
+                {
                     Err(Failure { code: exit::UNAVAILABLE, error: ClientError::Rpc(status).into() })
                 }
-                Err(error) => Err(error.into()),
+                Err(dhcp_off::Error::SwitchOff(error)) => Err(error.into()),
+                Err(dhcp_off::Error::Proof(error)) => Err(error.into()),
             }
         }
         Command::TcpServe { listen, banner } => {

@@ -11,6 +11,7 @@ use router_shim::backend::{Backend, BackendError};
 use router_shim::client::Client;
 use router_shim::model::{PortForward, Protocol, RemoteManagement, RouterState};
 use router_shim::shim::{Shim, ShimSettings};
+use router_shim_api::dhcp_off;
 use tokio_util::sync::CancellationToken;
 
 /// A router in memory.
@@ -324,7 +325,7 @@ async fn probe_over_grpc_and_the_coordinator_proof_on_loopback() {
         assert!(report.discovers_sent >= 3, "{report:?}");
         assert!(report.offers.is_empty());
         assert_eq!(report.interface, "lo");
-        let proof = client.ensure_dhcp_off_and_prove("lo", Duration::from_millis(600)).await.unwrap();
+        let proof = dhcp_off::switch_off_and_prove(&mut client, "lo", Duration::from_millis(600)).await.unwrap();
         assert!(proof.offers.is_empty() && proof.discovers_sent >= 3);
         assert!(!router.state.lock().unwrap().0, "the shim switched DHCP off first");
         server.stop().await;

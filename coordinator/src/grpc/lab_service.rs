@@ -132,7 +132,7 @@ impl LabApi {
         stale
     }
 
-    async fn read(&self, lab: &LabFile) -> Result<(live::Live, Option<router_shim::client::Client>), PlanError> {
+    async fn read(&self, lab: &LabFile) -> Result<(live::Live, Option<router_shim_api::client::Client>), PlanError> {
         let client = self.maas.as_ref().ok_or(PlanError::NoMaas)?;
         let mut live = live::read_maas(client).await?;
         let mut shim = None;

@@ -4,9 +4,10 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
-use router_shim::client::Client as ShimClient;
-pub use router_shim::probe::describe_offers;
-use router_shim::probe::{self, ProbeRequest};
+use router_shim_api::client::Client as ShimClient;
+use router_shim_api::dhcp_off;
+pub use router_shim_api::probe::describe_offers;
+use router_shim_api::probe::{self, ProbeRequest};
 use tokio::sync::mpsc;
 
 use super::diff::Op;
@@ -100,17 +101,10 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
     let m = ctx.maas;
     match op {
         Op::RouterDhcpOff => {
-            router(ctx)?.set_dhcp(false).await.map_err(|e| e.to_string())?;
+            dhcp_off::switch_off(router(ctx)?).await.map_err(|e| e.to_string())?;
         }
         Op::ProveNoDhcp { interface } => {
-            let report = probe_on(interface, ctx.probe_window).await?;
-            if !report.offers.is_empty() {
-                return Err(format!(
-                    "DHCP is still answered on {interface} with the router's DHCP off, so MAAS DHCP stays off: {}; \
-                     find and stop that server, then apply again",
-                    describe_offers(&report.offers)
-                ));
-            }
+            dhcp_off::prove(interface, ctx.probe_window).await.map_err(|e| no_dhcp_reason(interface, e))?;
         }
         Op::CreateRange(new) => {
             m.create_ip_range(new).await.map_err(maas_reason)?;
@@ -252,6 +246,19 @@ async fn confirm(shim: &mut ShimClient, pending: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The plan's words for a failed proof that nobody serves DHCP once the router's is off: they name what the plan
+/// keeps off (MAAS DHCP) and how to go on.
+fn no_dhcp_reason(interface: &str, error: dhcp_off::ProofError) -> String {
+    match error {
+        dhcp_off::ProofError::Probe(e) => format!("the DHCP probe on {interface} could not run: {e}"),
+        dhcp_off::ProofError::StillAnswered { interface, offers } => format!(
+            "DHCP is still answered on {interface} with the router's DHCP off, so MAAS DHCP stays off: {}; \
+             find and stop that server, then apply again",
+            describe_offers(&offers)
+        ),
+    }
+}
+
 /// Probes on MAIN's interface.
 ///
 /// # Errors
@@ -325,6 +332,21 @@ mod tests {
     const MAAS: &str = "172.16.0.3";
     const MAAS_MAC: &str = "52:54:00:00:00:03";
     const ROGUE_MAC: &str = "52:54:00:00:00:60";
+
+    #[test]
+    fn a_failed_no_dhcp_proof_says_maas_dhcp_stays_off_and_quotes_the_evidence() {
+        let offers = vec![offer("172.16.0.60", ROGUE_MAC)];
+        let reason = no_dhcp_reason("main0", dhcp_off::ProofError::StillAnswered { interface: "main0".into(), offers });
+        assert_eq!(
+            reason,
+            "DHCP is still answered on main0 with the router's DHCP off, so MAAS DHCP stays off: server 172.16.0.60 \
+             (from 172.16.0.60 mac 52:54:00:00:00:60) offered 172.16.11.1 xid 0x00001234; find and stop that server, \
+             then apply again"
+        );
+        let window = Duration::from_millis(10);
+        let reason = no_dhcp_reason("main0", dhcp_off::ProofError::Probe(probe::ProbeError::Window(window)));
+        assert_eq!(reason, "the DHCP probe on main0 could not run: window 10ms is too short; give at least 300ms");
+    }
 
     #[test]
     fn no_offers_is_ok() {

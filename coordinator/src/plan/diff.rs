@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use router_shim::model::{PortForward, Protocol};
+use router_shim_api::model::{PortForward, Protocol};
 
 use super::file::{LabFile, RangeType};
 use super::live::Live;

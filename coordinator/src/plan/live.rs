@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use router_shim::client::Client as ShimClient;
-use router_shim::model::RouterState;
+use router_shim_api::client::Client as ShimClient;
+use router_shim_api::model::RouterState;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::PlanError;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use router_shim::model::{RemoteManagement, RouterState};
+use router_shim_api::model::{RemoteManagement, RouterState};
 
 use super::*;
 use crate::plan::file::LabFile;

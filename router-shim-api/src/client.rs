@@ -1,8 +1,7 @@
 //! The coordinator's typed client of a router shim.
 //!
-//! The coordinator runs on MAIN, on the same segment as the router's LAN, so
-//! [`Client::ensure_dhcp_off_and_prove`] asks the shim to switch DHCP off and then proves it with
-//! the LOCAL probe library: the evidence comes from MAIN's side of the wire, not from the router.
+//! It speaks `metalfleet.v1.RouterShim` and returns the [`crate::model`] types. Switching DHCP off and proving it
+//! from this machine is [`crate::dhcp_off`], which uses this client for the first half.
 
 use std::time::Duration;
 
@@ -10,9 +9,8 @@ use proto::v1 as pb;
 use proto::v1::router_shim_client::RouterShimClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::grpc::convert;
+use crate::convert;
 use crate::model::{InvalidInput, PortForward, RouterState};
-use crate::probe::{self, DhcpOffer, ProbeError, ProbeReport, ProbeRequest};
 
 /// Why a call to the shim failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +21,6 @@ pub enum ClientError {
     Rpc(#[from] tonic::Status),
     #[error("router shim sent an invalid answer: {0}")]
     Invalid(#[from] InvalidInput),
-    #[error(transparent)]
-    Probe(#[from] ProbeError),
-    #[error("DHCP is still answered on {interface} after the router's DHCP was switched off: {}; find and stop that server", probe::describe_offers(.offers))]
-    DhcpStillAnswered { interface: String, offers: Vec<DhcpOffer> },
 }
 
 /// A change the shim applied, as the client sees it.
@@ -82,26 +76,6 @@ impl Client {
     pub async fn confirm(&mut self, pending_change_id: &str) -> Result<bool, ClientError> {
         let request = pb::ConfirmRequest { pending_change_id: pending_change_id.to_string() };
         Ok(self.inner.confirm(request).await?.into_inner().confirmed)
-    }
-
-    /// Switches the router's DHCP off, then proves on `probe_interface` (on this machine) that
-    /// nobody answers a DHCPDISCOVER within `window`.
-    ///
-    /// # Errors
-    /// `DhcpStillAnswered` with the offers as evidence when anyone answers.
-    pub async fn ensure_dhcp_off_and_prove(
-        &mut self,
-        probe_interface: &str,
-        window: Duration,
-    ) -> Result<ProbeReport, ClientError> {
-        self.set_dhcp(false).await?;
-        let request = ProbeRequest { interface: probe_interface.to_string(), window, stop_at_first: false };
-        let report = probe::probe(&request).await?;
-        if report.offers.is_empty() {
-            Ok(report)
-        } else {
-            Err(ClientError::DhcpStillAnswered { interface: probe_interface.to_string(), offers: report.offers })
-        }
     }
 
     /// Makes these forwards exist as given (replacing a same-named forward that points elsewhere).
