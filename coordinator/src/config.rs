@@ -16,6 +16,8 @@ use metalfleet_common::config::bounds::{Origins, Problems, SourceFile, limits};
 use metalfleet_common::config::{self as common_config, Env, env_parse};
 use serde::Deserialize;
 
+use crate::health::HealthThresholds;
+
 /// The default state directory; `client.toml` there is where fleetctl looks last.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalfleet";
 
@@ -76,35 +78,6 @@ pub struct Config {
     /// The gRPC listener's connection limits and timeouts (see [`crate::listener::Config`]).
     #[serde(default)]
     pub limits: crate::listener::Config,
-}
-
-/// When a machine counts as degraded.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthThresholds {
-    /// A filesystem more used than this is a problem.
-    #[serde(default = "default_disk_used_percent")]
-    pub disk_used_percent: f64,
-    /// Less available memory than this share of the total is a problem.
-    #[serde(default = "default_memory_available_percent")]
-    pub memory_available_percent: f64,
-    /// A one-minute load per logical CPU above this is a problem.
-    #[serde(default = "default_load_per_cpu")]
-    pub load_per_cpu: f64,
-    /// Missed intervals before a machine is unreachable.
-    #[serde(default = "default_missed_heartbeats")]
-    pub missed_heartbeats: u32,
-}
-
-impl Default for HealthThresholds {
-    fn default() -> Self {
-        HealthThresholds {
-            disk_used_percent: default_disk_used_percent(),
-            memory_available_percent: default_memory_available_percent(),
-            load_per_cpu: default_load_per_cpu(),
-            missed_heartbeats: default_missed_heartbeats(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -272,16 +245,6 @@ impl Config {
     }
 }
 
-impl HealthThresholds {
-    /// `[health]`: percentages within 0–100, a positive finite load, at least one missed heartbeat.
-    pub fn validate(&self, problems: &mut Problems) {
-        problems.number("disk_used_percent", self.disk_used_percent, 0.0..=100.0);
-        problems.number("memory_available_percent", self.memory_available_percent, 0.0..=100.0);
-        problems.number("load_per_cpu", self.load_per_cpu, MIN_LOAD_PER_CPU..=MAX_LOAD_PER_CPU);
-        problems.number("missed_heartbeats", self.missed_heartbeats, 1..=MAX_MISSED_HEARTBEATS);
-    }
-}
-
 impl TlsConfig {
     /// `[tls]`: every extra SAN an IP address or an RFC 1123 DNS name (see [`crate::pki::check_san`]).
     pub fn validate(&self, problems: &mut Problems) {
@@ -315,9 +278,6 @@ const MIN_WRITE_QUEUE: usize = 16;
 const MAX_WRITE_QUEUE: usize = 65_536;
 /// Below this the evaluator wakes so often that an idle coordinator burns a core.
 const MIN_EVALUATE_EVERY: Duration = Duration::from_millis(10);
-const MIN_LOAD_PER_CPU: f64 = 0.01;
-const MAX_LOAD_PER_CPU: f64 = 100_000.0;
-const MAX_MISSED_HEARTBEATS: u32 = 1000;
 
 /// Why the configuration cannot be used. Every variant means exit 64.
 #[derive(Debug, thiserror::Error)]
@@ -354,18 +314,6 @@ fn default_write_queue() -> usize {
 }
 fn default_evaluate_every() -> Duration {
     Duration::from_millis(250)
-}
-fn default_disk_used_percent() -> f64 {
-    90.0
-}
-fn default_memory_available_percent() -> f64 {
-    5.0
-}
-fn default_load_per_cpu() -> f64 {
-    2.0
-}
-fn default_missed_heartbeats() -> u32 {
-    3
 }
 
 #[cfg(test)]

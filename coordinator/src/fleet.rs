@@ -16,9 +16,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HealthThresholds;
 use crate::domain::{Enrollment, Event, Health, Inventory, Machine, MachineView, NewEvent, Sample, kinds};
 use crate::health;
+use crate::health::HealthThresholds;
 use crate::store::{SampleWrite, Store, StoreError, Takeover};
 
 /// Heartbeats written per transaction at most.

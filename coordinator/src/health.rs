@@ -1,11 +1,70 @@
 //! The health rules, as pure functions: a sample against thresholds, and silence against an interval.
 //!
-//! The fleet state ([`crate::fleet`]) applies them on each heartbeat and on a periodic tick.
+//! The fleet state ([`crate::fleet`]) applies them on each heartbeat and on a periodic tick. The thresholds
+//! are `[health]` in the coordinator's config; this module owns that section and its `validate()`.
 
 use std::time::Duration;
 
-use crate::config::HealthThresholds;
+use metalfleet_common::config::bounds::Problems;
+use serde::Deserialize;
+
 use crate::domain::{Health, Sample};
+
+/// When a machine counts as degraded.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthThresholds {
+    /// A filesystem more used than this is a problem.
+    #[serde(default = "default_disk_used_percent")]
+    pub disk_used_percent: f64,
+    /// Less available memory than this share of the total is a problem.
+    #[serde(default = "default_memory_available_percent")]
+    pub memory_available_percent: f64,
+    /// A one-minute load per logical CPU above this is a problem.
+    #[serde(default = "default_load_per_cpu")]
+    pub load_per_cpu: f64,
+    /// Missed intervals before a machine is unreachable.
+    #[serde(default = "default_missed_heartbeats")]
+    pub missed_heartbeats: u32,
+}
+
+impl Default for HealthThresholds {
+    fn default() -> Self {
+        HealthThresholds {
+            disk_used_percent: default_disk_used_percent(),
+            memory_available_percent: default_memory_available_percent(),
+            load_per_cpu: default_load_per_cpu(),
+            missed_heartbeats: default_missed_heartbeats(),
+        }
+    }
+}
+
+impl HealthThresholds {
+    /// `[health]`: percentages within 0–100, a positive finite load, at least one missed heartbeat.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.number("disk_used_percent", self.disk_used_percent, 0.0..=100.0);
+        problems.number("memory_available_percent", self.memory_available_percent, 0.0..=100.0);
+        problems.number("load_per_cpu", self.load_per_cpu, MIN_LOAD_PER_CPU..=MAX_LOAD_PER_CPU);
+        problems.number("missed_heartbeats", self.missed_heartbeats, 1..=MAX_MISSED_HEARTBEATS);
+    }
+}
+
+const MIN_LOAD_PER_CPU: f64 = 0.01;
+const MAX_LOAD_PER_CPU: f64 = 100_000.0;
+const MAX_MISSED_HEARTBEATS: u32 = 1000;
+
+fn default_disk_used_percent() -> f64 {
+    90.0
+}
+fn default_memory_available_percent() -> f64 {
+    5.0
+}
+fn default_load_per_cpu() -> f64 {
+    2.0
+}
+fn default_missed_heartbeats() -> u32 {
+    3
+}
 
 /// What a sample says about a machine: healthy, or degraded with one reason per failing rule.
 pub fn evaluate_sample(sample: &Sample, thresholds: &HealthThresholds) -> (Health, Vec<String>) {

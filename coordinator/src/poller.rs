@@ -223,12 +223,12 @@ impl Poller {
 /// # Errors
 /// The key file is missing or not a key, or the store cannot be read.
 pub async fn start(
+    client: maas::Client,
     config: &maas::Config,
     store: Arc<dyn MaasStore>,
     events: Arc<dyn EventSink>,
     stop: CancellationToken,
 ) -> Result<(MaasView, JoinHandle<()>), StartError> {
-    let client = maas::Client::new(config)?;
     let settings = Settings::from_config(config);
     let poller = Poller::new(client, store.clone(), events, settings).await?;
     let handle = tokio::spawn(poller.run(stop));

@@ -171,18 +171,21 @@ async fn prepare_inner(
     // The fleet's tasks outlive the server by a little: they flush what the last calls queued.
     let fleet_stop = CancellationToken::new();
     let (fleet, tasks) = Fleet::start(store, settings, fleet_stop.clone()).await?;
-    let (maas_view, poller) = match (&config.maas, maas_store) {
-        (Some(maas), Some(maas_store)) => {
+    // One MAAS client for the poller, the lab plan and the operations.
+    let maas_client =
+        config.maas.as_ref().map(crate::maas::Client::new).transpose().map_err(poller::StartError::from)?;
+    let (maas_view, poller) = match (&config.maas, &maas_client, maas_store) {
+        (Some(maas), Some(client), Some(maas_store)) => {
             let poller_stop = stop.child_token();
             let events: Arc<dyn EventSink> = fleet.clone();
-            let (view, handle) = poller::start(maas, maas_store, events, poller_stop.clone()).await?;
+            let (view, handle) = poller::start(client.clone(), maas, maas_store, events, poller_stop.clone()).await?;
             (Some(view), Some((poller_stop, handle)))
         }
-        (Some(_), None) => {
+        (Some(_), _, _) => {
             tracing::warn!("[maas] is set but this store keeps no MAAS view; the MAAS poller is not started");
             (None, None)
         }
-        (None, _) => (None, None),
+        (None, _, _) => (None, None),
     };
 
     // TLS is not tonic's here: crate::listener does it, with the handshake timeout and the caps.
@@ -245,17 +248,8 @@ async fn prepare_inner(
     let operators =
         FleetServiceServer::new(fleet_api).max_decoding_message_size(limit).max_encoding_message_size(limit);
     let operators = OperatorGate::new(operators, security.clone(), crate::auth::FLEET_STATE_CHANGING);
-    // The lab plan (issue 6): its own MAAS client, and the reconciliation task against the last applied plan.
-    let lab_maas = match &config.maas {
-        Some(maas) => match crate::maas::Client::new(maas) {
-            Ok(client) => Some(client),
-            Err(error) => {
-                tracing::warn!(%error, "the lab plan has no MAAS client");
-                None
-            }
-        },
-        None => None,
-    };
+    // The lab plan (issue 6), and the reconciliation task against the last applied plan.
+    let lab_maas = maas_client.clone();
     let reconciler = crate::plan::reconcile::Reconciler {
         state_dir: config.state_dir.clone(),
         maas: lab_maas.clone(),
@@ -289,7 +283,7 @@ async fn prepare_inner(
     });
     // Redeploy operations and machine lifecycle (issue 7), resumed from the store, behind the gate.
     let engine =
-        crate::operations::start(&config, bound, fleet.clone(), security.clone(), ops_verify, stop.child_token())
+        start_operations(&config, maas_client, bound, fleet.clone(), security.clone(), ops_verify, stop.child_token())
             .await?;
     let ops = proto::v1::operations_service_server::OperationsServiceServer::new(
         crate::grpc::operations_service::OperationsApi::new(engine.clone()),
@@ -309,6 +303,81 @@ async fn prepare_inner(
 
     let listener = Listener::new(listener, config.limits.clone(), mode);
     Ok(Prepared { router, listener, bound, config, stop, fleet_stop, tasks, health, poller, ops: engine })
+}
+
+/// Sets up the redeploy engine: with TLS and MAAS, the artifacts listener and the
+/// deploy context; then resumes unfinished operations. Problems that only stop deploys are logged, not fatal.
+/// `verify` is the store spec verification reads (the one VerifyService uses); without it the verify step only
+/// waits for the new agent's inventory.
+///
+/// # Errors
+/// The operations store cannot be opened.
+async fn start_operations(
+    server: &Config,
+    maas: Option<crate::maas::Client>,
+    bound: std::net::SocketAddr,
+    fleet: Arc<Fleet>,
+    security: Arc<Security>,
+    verify: Option<Arc<dyn crate::verify::VerifySources>>,
+    stop: CancellationToken,
+) -> Result<crate::operations::Operations, StoreError> {
+    use crate::operations::{Operations, OperationsStore};
+    let store = OperationsStore::open(&server.state_dir)?;
+    let mut deploy = None;
+    if !server.insecure && maas.is_some() {
+        deploy = deploy_context(server, bound, stop.clone()).await;
+    }
+    let mut ops = Operations::new(store, maas, security, fleet, server.operations.clone(), deploy, stop);
+    if let Some(verify) = verify {
+        ops = ops.with_verify(verify, server.verify.tolerance);
+    }
+    let resumed = ops.resume().await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "unfinished operations resumed");
+    }
+    Ok(ops)
+}
+
+async fn deploy_context(
+    server: &Config,
+    bound: std::net::SocketAddr,
+    stop: CancellationToken,
+) -> Option<crate::operations::DeployContext> {
+    let pki = crate::pki::ensure(&server.state_dir, &server.tls.extra_sans)
+        .inspect_err(|error| tracing::warn!(%error, "redeploys are off: no server certificate"))
+        .ok()?;
+    let Some(agent) = server.artifacts.agent_path() else {
+        tracing::warn!("redeploys are off: cannot find the agent binary; set [artifacts] agent_binary");
+        return None;
+    };
+    let listen = server.artifacts.listen.unwrap_or_else(|| std::net::SocketAddr::new(bound.ip(), 0));
+    let served = crate::artifacts::start(listen, &agent, &pki.cert_pem, &pki.key_pem, stop)
+        .await
+        .inspect_err(|error| tracing::warn!(%error, "redeploys are off: the artifacts listener did not start"))
+        .ok()?;
+    let host = |addr: std::net::SocketAddr| {
+        if addr.ip().is_unspecified() {
+            let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+            format!("{}:{}", name.trim(), addr.port())
+        } else {
+            addr.to_string()
+        }
+    };
+    Some(crate::operations::DeployContext {
+        coordinator_url: server
+            .operations
+            .coordinator_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", host(bound))),
+        artifacts_url: server
+            .operations
+            .artifacts_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", host(served.addr))),
+        agent_sha256: served.agent_sha256,
+        ca_pem: pki.ca_pem,
+        token_ttl: server.operations.enroll_timeout + server.operations.deploy_timeout,
+    })
 }
 
 /// The gRPC health service's name for the store; NOT_SERVING while it cannot write.

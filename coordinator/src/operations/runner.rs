@@ -577,10 +577,10 @@ mod tests {
 
     use super::*;
     use crate::auth::Security;
-    use crate::config::HealthThresholds;
     use crate::domain::maas::MaasMachine;
     use crate::domain::{BlockDevice, Enrollment, Inventory};
     use crate::fleet::{Fleet, FleetSettings};
+    use crate::health::HealthThresholds;
     use crate::operations::{Config, DeployContext, OperationsStore, RedeployRequest};
     use crate::store::{MaasStore, SqliteStore, Store, StoreError, Takeover};
     use crate::verify::{Tolerances, VerifyStore};

@@ -430,10 +430,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::HealthThresholds;
     use crate::domain::maas::{MaasInterface, MaasMachine};
     use crate::domain::{BlockDevice, Enrollment, Event, Inventory};
     use crate::fleet::FleetSettings;
+    use crate::health::HealthThresholds;
     use crate::store::{MaasStore, SqliteStore, Store};
     use crate::verify::VerifyStore;
 

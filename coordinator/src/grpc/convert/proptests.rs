@@ -432,7 +432,7 @@ proptest! {
         runtime.block_on(async {
             let dir = tempfile::tempdir().expect("a temporary directory");
             let settings = FleetSettings {
-                thresholds: crate::config::HealthThresholds::default(),
+                thresholds: crate::health::HealthThresholds::default(),
                 heartbeat_interval: std::time::Duration::from_secs(1),
                 write_queue: 16,
                 evaluate_every: std::time::Duration::from_secs(3600),
