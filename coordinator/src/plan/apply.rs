@@ -47,6 +47,61 @@ pub enum Progress {
     },
 }
 
+/// Why a step of the plan failed, with its cause kept. Its `Display` is the reason the apply reports
+/// ([`Progress::Failed`]): what failed, why, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// MAAS refused or failed the call; the message names MAAS's own words when it gave some.
+    #[error("{}", maas_words(.0))]
+    Maas(#[source] maas::Error),
+    #[error("the plan has no [router] shim to talk to")]
+    NoRouter,
+    /// The router shim refused or could not be reached.
+    #[error("{0}")]
+    Router(#[source] router_shim_api::client::ClientError),
+    /// A router call without the typed client's wrapper.
+    #[error("{0}")]
+    RouterCall(#[source] tonic::Status),
+    /// Someone still serves DHCP with the router's off, or the probe could not run.
+    #[error("{}", no_dhcp_words(.interface, .error))]
+    StillDhcp { interface: String, error: dhcp_off::ProofError },
+    #[error("the DHCP probe on {interface} could not run: {source}")]
+    Probe {
+        interface: String,
+        #[source]
+        source: probe::ProbeError,
+    },
+    /// After MAAS DHCP is on, a server other than MAAS answers.
+    #[error(
+        "a DHCP server other than MAAS ({maas}) answers on {interface}: {}; stop it, then apply again",
+        describe_offers(.others)
+    )]
+    OtherDhcp { interface: String, maas: String, others: Vec<probe::DhcpOffer> },
+    #[error("machine {name} is {status} ({message}); fix it in MAAS, then apply again")]
+    MachineFailed { name: String, status: String, message: String },
+    #[error("{what} within {timeout:?}; {hint}")]
+    Timeout { what: &'static str, timeout: Duration, hint: &'static str },
+}
+
+impl StepError {
+    /// True when applying again later may succeed without anyone changing anything.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepError::Maas(error) => error.is_retryable(),
+            StepError::RouterCall(status) => status.code() == tonic::Code::Unavailable,
+            StepError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn maas_words(error: &maas::Error) -> String {
+    match error.maas_message() {
+        Some(message) => format!("{error} (MAAS said: {message})"),
+        None => error.to_string(),
+    }
+}
+
 /// What `apply` needs: MAAS, the router when the plan has one, and how to wait.
 pub struct Context<'a> {
     pub maas: &'a maas::Client,
@@ -59,8 +114,8 @@ pub struct Context<'a> {
 /// Applies every changing or checking step of `plan` in order.
 ///
 /// # Errors
-/// The reason of the first failing step (also sent as [`Progress::Failed`]).
-pub async fn apply(ctx: &mut Context<'_>, plan: &Plan, progress: &mpsc::Sender<Progress>) -> Result<usize, String> {
+/// The first failing step's error (its words are also sent as [`Progress::Failed`]).
+pub async fn apply(ctx: &mut Context<'_>, plan: &Plan, progress: &mpsc::Sender<Progress>) -> Result<usize, StepError> {
     let todo: Vec<&Step> =
         plan.steps.iter().filter(|s| s.op.is_some() && s.action != super::Action::Unchanged).collect();
     let total = todo.len();
@@ -73,12 +128,11 @@ pub async fn apply(ctx: &mut Context<'_>, plan: &Plan, progress: &mpsc::Sender<P
                 changes += usize::from(step.action.is_change());
                 let _ = progress.send(Progress::Done { index, step: (*step).clone() }).await;
             }
-            Err(reason) => {
+            Err(error) => {
                 let left = todo[index + 1..].iter().map(|s| (*s).clone()).collect();
-                let _ = progress
-                    .send(Progress::Failed { index, step: (*step).clone(), reason: reason.clone(), left })
-                    .await;
-                return Err(reason);
+                let reason = error.to_string();
+                let _ = progress.send(Progress::Failed { index, step: (*step).clone(), reason, left }).await;
+                return Err(error);
             }
         }
     }
@@ -86,25 +140,21 @@ pub async fn apply(ctx: &mut Context<'_>, plan: &Plan, progress: &mpsc::Sender<P
     Ok(changes)
 }
 
-fn maas_reason(error: maas::Error) -> String {
-    match error.maas_message() {
-        Some(message) => format!("{error} (MAAS said: {message})"),
-        None => error.to_string(),
-    }
+fn router<'b>(ctx: &'b mut Context<'_>) -> Result<&'b mut ShimClient, StepError> {
+    ctx.router.as_deref_mut().ok_or(StepError::NoRouter)
 }
 
-fn router<'b>(ctx: &'b mut Context<'_>) -> Result<&'b mut ShimClient, String> {
-    ctx.router.as_deref_mut().ok_or_else(|| "the plan has no [router] shim to talk to".to_string())
-}
-
-async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Sender<Progress>) -> Result<(), String> {
+async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Sender<Progress>) -> Result<(), StepError> {
+    let maas_reason = StepError::Maas;
     let m = ctx.maas;
     match op {
         Op::RouterDhcpOff => {
-            dhcp_off::switch_off(router(ctx)?).await.map_err(|e| e.to_string())?;
+            dhcp_off::switch_off(router(ctx)?).await.map_err(StepError::Router)?;
         }
         Op::ProveNoDhcp { interface } => {
-            dhcp_off::prove(interface, ctx.probe_window).await.map_err(|e| no_dhcp_reason(interface, e))?;
+            dhcp_off::prove(interface, ctx.probe_window)
+                .await
+                .map_err(|error| StepError::StillDhcp { interface: interface.clone(), error })?;
         }
         Op::CreateRange(new) => {
             m.create_ip_range(new).await.map_err(maas_reason)?;
@@ -118,7 +168,10 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
             m.update_vlan(*fabric_id, *vid, &update).await.map_err(maas_reason)?;
         }
         Op::ProveOnlyMaas { interface, maas_ip } => {
-            let report = probe_on(interface, ctx.probe_window).await?;
+            let request = ProbeRequest { interface: interface.clone(), window: ctx.probe_window, stop_at_first: false };
+            let report = probe::probe(&request)
+                .await
+                .map_err(|source| StepError::Probe { interface: interface.clone(), source })?;
             only_maas_answers(interface, &report.offers, maas_ip.as_slice())?;
         }
         Op::UpstreamDns(servers) => m.set_upstream_dns(servers).await.map_err(maas_reason)?,
@@ -158,7 +211,11 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("images not synced within {:?}; check MAAS's Images page", ctx.wait_timeout));
+                    return Err(StepError::Timeout {
+                        what: "images not synced",
+                        timeout: ctx.wait_timeout,
+                        hint: "check MAAS's Images page",
+                    });
                 }
                 tokio::time::sleep(ctx.wait_poll).await;
             }
@@ -182,11 +239,11 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
                 for name in hostnames {
                     match machines.iter().find(|x| &x.hostname == name) {
                         Some(x) if x.status.is_failed() => {
-                            return Err(format!(
-                                "machine {name} is {} ({}); fix it in MAAS, then apply again",
-                                x.status.label(),
-                                x.status_message.clone().unwrap_or_default()
-                            ));
+                            return Err(StepError::MachineFailed {
+                                name: name.clone(),
+                                status: x.status.label().to_string(),
+                                message: x.status_message.clone().unwrap_or_default(),
+                            });
                         }
                         Some(x) if !x.status.is_transient() && x.status != NodeStatus::New => ready += 1,
                         _ => {}
@@ -199,10 +256,11 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!(
-                        "machines not Ready within {:?}; see `fleetctl machines list`",
-                        ctx.wait_timeout
-                    ));
+                    return Err(StepError::Timeout {
+                        what: "machines not Ready",
+                        timeout: ctx.wait_timeout,
+                        hint: "see `fleetctl machines list`",
+                    });
                 }
                 tokio::time::sleep(ctx.wait_poll).await;
             }
@@ -211,16 +269,16 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
             m.create_device(hostname, std::slice::from_ref(mac)).await.map_err(maas_reason)?;
         }
         Op::Forward(forward) => {
-            router(ctx)?.ensure_forwards(std::slice::from_ref(forward)).await.map_err(|e| e.to_string())?;
+            router(ctx)?.ensure_forwards(std::slice::from_ref(forward)).await.map_err(StepError::Router)?;
         }
         Op::RemoveForward { name } => {
             let request = pb::RemovePortForwardRequest { name: name.clone() };
-            let result = router(ctx)?.raw().remove_port_forward(request).await.map_err(|e| e.to_string())?;
+            let result = router(ctx)?.raw().remove_port_forward(request).await.map_err(StepError::RouterCall)?;
             confirm(router(ctx)?, &result.into_inner().pending_change_id).await?;
         }
         Op::RemoteManagement { enabled, from } => {
             let request = pb::SetRemoteManagementRequest { enabled: *enabled, allowed_from: from.clone() };
-            let result = router(ctx)?.raw().set_remote_management(request).await.map_err(|e| e.to_string())?;
+            let result = router(ctx)?.raw().set_remote_management(request).await.map_err(StepError::RouterCall)?;
             confirm(router(ctx)?, &result.into_inner().pending_change_id).await?;
         }
         Op::Release { system_id } => {
@@ -231,7 +289,7 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
             m.update_vlan(*fabric_id, *vid, &update).await.map_err(maas_reason)?;
         }
         Op::RouterReset => {
-            let result = router(ctx)?.raw().reset(pb::ResetRequest {}).await.map_err(|e| e.to_string())?;
+            let result = router(ctx)?.raw().reset(pb::ResetRequest {}).await.map_err(StepError::RouterCall)?;
             confirm(router(ctx)?, &result.into_inner().pending_change_id).await?;
         }
     }
@@ -239,22 +297,22 @@ async fn run(ctx: &mut Context<'_>, op: &Op, index: usize, progress: &mpsc::Send
 }
 
 /// Confirms a commit-confirm change at once: this call reaching the shim is the proof that access survived.
-async fn confirm(shim: &mut ShimClient, pending: &str) -> Result<(), String> {
+async fn confirm(shim: &mut ShimClient, pending: &str) -> Result<(), StepError> {
     if !pending.is_empty() {
-        shim.confirm(pending).await.map_err(|e| e.to_string())?;
+        shim.confirm(pending).await.map_err(StepError::Router)?;
     }
     Ok(())
 }
 
 /// The plan's words for a failed proof that nobody serves DHCP once the router's is off: they name what the plan
 /// keeps off (MAAS DHCP) and how to go on.
-fn no_dhcp_reason(interface: &str, error: dhcp_off::ProofError) -> String {
+fn no_dhcp_words(interface: &str, error: &dhcp_off::ProofError) -> String {
     match error {
         dhcp_off::ProofError::Probe(e) => format!("the DHCP probe on {interface} could not run: {e}"),
         dhcp_off::ProofError::StillAnswered { interface, offers } => format!(
             "DHCP is still answered on {interface} with the router's DHCP off, so MAAS DHCP stays off: {}; \
              find and stop that server, then apply again",
-            describe_offers(&offers)
+            describe_offers(offers)
         ),
     }
 }
@@ -285,16 +343,13 @@ pub fn offers_not_from(offers: &[probe::DhcpOffer], maas_ips: &[String]) -> Vec<
 ///
 /// # Errors
 /// Why the apply stops, naming every other server's identifier, source IP and MAC as evidence.
-pub fn only_maas_answers(interface: &str, offers: &[probe::DhcpOffer], maas_ips: &[String]) -> Result<(), String> {
+pub fn only_maas_answers(interface: &str, offers: &[probe::DhcpOffer], maas_ips: &[String]) -> Result<(), StepError> {
     let others = offers_not_from(offers, maas_ips);
     if others.is_empty() {
         return Ok(());
     }
     let maas = if maas_ips.is_empty() { "address unknown".to_string() } else { maas_ips.join(", ") };
-    Err(format!(
-        "a DHCP server other than MAAS ({maas}) answers on {interface}: {}; stop it, then apply again",
-        describe_offers(&others)
-    ))
+    Err(StepError::OtherDhcp { interface: interface.to_string(), maas, others })
 }
 
 #[cfg(test)]
@@ -316,7 +371,7 @@ mod tests {
 
     fn check(offers: &[probe::DhcpOffer], maas_ips: &[&str], expected: Result<(), &[&str]>) {
         let maas_ips: Vec<String> = maas_ips.iter().map(|s| s.to_string()).collect();
-        let got = only_maas_answers("lan0", offers, &maas_ips);
+        let got = only_maas_answers("lan0", offers, &maas_ips).map_err(|e| e.to_string());
         match (got, expected) {
             (Ok(()), Ok(())) => {}
             (Err(reason), Err(evidence)) => {
@@ -336,7 +391,7 @@ mod tests {
     #[test]
     fn a_failed_no_dhcp_proof_says_maas_dhcp_stays_off_and_quotes_the_evidence() {
         let offers = vec![offer("172.16.0.60", ROGUE_MAC)];
-        let reason = no_dhcp_reason("main0", dhcp_off::ProofError::StillAnswered { interface: "main0".into(), offers });
+        let reason = no_dhcp_words("main0", &dhcp_off::ProofError::StillAnswered { interface: "main0".into(), offers });
         assert_eq!(
             reason,
             "DHCP is still answered on main0 with the router's DHCP off, so MAAS DHCP stays off: server 172.16.0.60 \
@@ -344,7 +399,7 @@ mod tests {
              then apply again"
         );
         let window = Duration::from_millis(10);
-        let reason = no_dhcp_reason("main0", dhcp_off::ProofError::Probe(probe::ProbeError::Window(window)));
+        let reason = no_dhcp_words("main0", &dhcp_off::ProofError::Probe(probe::ProbeError::Window(window)));
         assert_eq!(reason, "the DHCP probe on main0 could not run: window 10ms is too short; give at least 300ms");
     }
 
@@ -364,7 +419,7 @@ mod tests {
     fn maas_and_another_stops_naming_the_other() {
         let offers = [offer(MAAS, MAAS_MAC), offer("172.16.0.60", ROGUE_MAC)];
         check(&offers, &[MAAS], Err(&["172.16.0.60", ROGUE_MAC]));
-        let reason = only_maas_answers("lan0", &offers, &[MAAS.to_string()]).unwrap_err();
+        let reason = only_maas_answers("lan0", &offers, &[MAAS.to_string()]).unwrap_err().to_string();
         assert!(!reason.contains(MAAS_MAC), "MAAS's own offer is not evidence against it: {reason}");
     }
 
