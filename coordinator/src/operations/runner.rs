@@ -12,8 +12,38 @@ use crate::verify::{MachineReport, Verdict};
 
 /// How a step ended when it did not succeed.
 enum Stop {
-    Failed(String),
+    Failed(Failure),
     Cancelled,
+}
+
+/// Why a step failed, with its cause kept; its words are what the operation records for the machine.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Maas(#[from] maas::Error),
+    #[error(transparent)]
+    Operations(#[from] super::OpError),
+    #[error("{what}: {source}")]
+    Store {
+        what: &'static str,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    #[error(transparent)]
+    UserData(#[from] user_data::RenderError),
+    /// The coordinator's own finding (a deadline passed, MAAS shows another status, a verdict), in words.
+    #[error("{0}")]
+    Said(String),
+}
+
+impl Stop {
+    fn failed(cause: impl Into<Failure>) -> Stop {
+        Stop::Failed(cause.into())
+    }
+
+    fn said(words: impl Into<String>) -> Stop {
+        Stop::Failed(Failure::Said(words.into()))
+    }
 }
 
 type Shared = std::sync::Arc<Mutex<Operation>>;
@@ -118,7 +148,8 @@ async fn run_machine(ops: &Operations, shared: &Shared, index: usize, cancel: &C
                 finish_machine(ops, shared, index, OpState::Cancelled, "cancelled by an operator".into()).await;
                 return;
             }
-            Err(Stop::Failed(message)) => {
+            Err(Stop::Failed(failure)) => {
+                let message = failure.to_string();
                 end_step(ops, shared, index, OpState::Failed, message.clone()).await;
                 finish_machine(ops, shared, index, OpState::Failed, message).await;
                 return;
@@ -189,7 +220,7 @@ async fn read(
     deadline: tokio::time::Instant,
     cancel: &CancellationToken,
 ) -> Result<maas::Machine, Stop> {
-    let maas = ops.maas().map_err(|e| Stop::Failed(e.to_string()))?;
+    let maas = ops.maas().map_err(Stop::failed)?;
     loop {
         match maas.machine(system_id).await {
             Ok(machine) => return Ok(machine),
@@ -197,7 +228,7 @@ async fn read(
                 tracing::warn!(%error, system_id, "cannot read the machine from MAAS; retrying");
                 pause(ops, cancel).await?;
             }
-            Err(error) => return Err(Stop::Failed(error.to_string())),
+            Err(error) => return Err(Stop::failed(error)),
         }
     }
 }
@@ -259,7 +290,7 @@ async fn run_step(
         )
     };
     let config = &ops.inner.config;
-    let maas = ops.maas().map_err(|e| Stop::Failed(e.to_string()))?.clone();
+    let maas = ops.maas().map_err(Stop::failed)?.clone();
     let now = tokio::time::Instant::now;
     match step {
         Step::Release => {
@@ -268,7 +299,7 @@ async fn run_step(
                 return Ok((OpState::Skipped, format!("MAAS status {}; nothing to release", machine.status.label())));
             }
             let options = maas::ReleaseOptions { comment: Some("metalfleet: redeploy".into()), ..Default::default() };
-            let released = maas.release(&system_id, &options).await.map_err(|e| Stop::Failed(e.to_string()))?;
+            let released = maas.release(&system_id, &options).await.map_err(Stop::failed)?;
             Ok((OpState::Succeeded, format!("MAAS status {}", released.status.label())))
         }
         Step::WaitReady => {
@@ -279,10 +310,10 @@ async fn run_step(
                     return Ok((OpState::Succeeded, "MAAS status Ready".into()));
                 }
                 if is_failed(machine.status) {
-                    return Err(Stop::Failed(maas_failure(ops, &machine).await));
+                    return Err(Stop::said(maas_failure(ops, &machine).await));
                 }
                 if now() >= deadline {
-                    return Err(Stop::Failed(format!(
+                    return Err(Stop::said(format!(
                         "{hostname} is still {} after {:?}; check it in MAAS",
                         machine.status.label(),
                         config.release_timeout
@@ -314,7 +345,7 @@ async fn run_step(
                         tracing::warn!(%error, system_id, "allocate failed; re-reading the machine before retrying");
                         pause(ops, cancel).await?;
                     }
-                    Err(error) => return Err(Stop::Failed(error.to_string())),
+                    Err(error) => return Err(Stop::failed(error)),
                 }
             }
         }
@@ -330,7 +361,7 @@ async fn run_step(
                 .inner
                 .deploy
                 .clone()
-                .ok_or_else(|| Stop::Failed("this coordinator serves plaintext; deploys need TLS".into()))?;
+                .ok_or_else(|| Stop::said("this coordinator serves plaintext; deploys need TLS"))?;
             if let Some(old) = &token_id {
                 // A deploy was intended but MAAS never took it: the old token is useless now.
                 let _ = ops.inner.security.store.revoke_token(old.clone(), Utc::now()).await;
@@ -343,14 +374,14 @@ async fn run_step(
                 "redeploy",
             )
             .await
-            .map_err(|e| Stop::Failed(format!("cannot mint the enrollment token: {e}")))?;
+            .map_err(|source| Stop::failed(Failure::Store { what: "cannot mint the enrollment token", source }))?;
             // The only way to replace this machine's identity: the agent enrolling with this token.
             ops.inner
                 .security
                 .store
                 .bind_token_to_system(record.id.clone(), system_id.clone())
                 .await
-                .map_err(|e| Stop::Failed(format!("cannot bind the enrollment token to {system_id}: {e}")))?;
+                .map_err(|source| Stop::failed(Failure::Store { what: "cannot bind the enrollment token", source }))?;
             {
                 // The intent: which token this deploy carries, persisted before MAAS is asked.
                 let mut op = shared.lock().await;
@@ -366,15 +397,15 @@ async fn run_step(
                 token: secret.expose(),
                 hostname: &hostname,
             };
-            let text = user_data::render(template.as_deref().unwrap_or(user_data::TEMPLATE), &values)
-                .map_err(|e| Stop::Failed(e.to_string()))?;
+            let text =
+                user_data::render(template.as_deref().unwrap_or(user_data::TEMPLATE), &values).map_err(Stop::failed)?;
             let options = maas::DeployOptions {
                 distro_series: Some(distro.clone()),
                 user_data: Some(text.into_bytes()),
                 comment: Some("metalfleet: redeploy".into()),
                 ..Default::default()
             };
-            let deployed = maas.deploy(&system_id, &options).await.map_err(|e| Stop::Failed(e.to_string()))?;
+            let deployed = maas.deploy(&system_id, &options).await.map_err(Stop::failed)?;
             Ok((OpState::Succeeded, format!("MAAS status {} ({distro}), token {}", deployed.status.label(), record.id)))
         }
         Step::WaitDeployed => {
@@ -383,9 +414,9 @@ async fn run_step(
                 let machine = read(ops, &system_id, deadline, cancel).await?;
                 match machine.status {
                     NodeStatus::Deployed => return Ok((OpState::Succeeded, "MAAS status Deployed".into())),
-                    status if is_failed(status) => return Err(Stop::Failed(maas_failure(ops, &machine).await)),
+                    status if is_failed(status) => return Err(Stop::said(maas_failure(ops, &machine).await)),
                     NodeStatus::Ready | NodeStatus::Allocated => {
-                        return Err(Stop::Failed(format!(
+                        return Err(Stop::said(format!(
                             "MAAS shows {hostname} {} while it should deploy; someone changed it in MAAS",
                             machine.status.label()
                         )));
@@ -393,14 +424,13 @@ async fn run_step(
                     _ => {}
                 }
                 if now() >= deadline {
-                    return Err(Stop::Failed(format!("{hostname} did not deploy within {:?}", config.deploy_timeout)));
+                    return Err(Stop::said(format!("{hostname} did not deploy within {:?}", config.deploy_timeout)));
                 }
                 pause(ops, cancel).await?;
             }
         }
         Step::WaitEnrolled => {
-            let token =
-                token_id.ok_or_else(|| Stop::Failed("no enrollment token was recorded for this deploy".into()))?;
+            let token = token_id.ok_or_else(|| Stop::said("no enrollment token was recorded for this deploy"))?;
             let deadline = now() + config.enroll_timeout;
             loop {
                 match ops.inner.store.token_enrollment(&token).await {
@@ -416,7 +446,7 @@ async fn run_step(
                     Err(error) => tracing::warn!(%error, "cannot read token enrollments; retrying"),
                 }
                 if now() >= deadline {
-                    return Err(Stop::Failed(format!(
+                    return Err(Stop::said(format!(
                         "no agent enrolled with this deploy's token within {:?}; check the machine's cloud-init log",
                         config.enroll_timeout
                     )));
@@ -425,18 +455,18 @@ async fn run_step(
             }
         }
         Step::Verify => {
-            let machine_id = machine_id.ok_or_else(|| Stop::Failed("no enrolled machine to verify".into()))?;
+            let machine_id = machine_id.ok_or_else(|| Stop::said("no enrolled machine to verify"))?;
             verify_step(ops, &system_id, &machine_id, now() + config.healthy_timeout, cancel).await
         }
         Step::WaitHealthy => {
-            let machine_id = machine_id.ok_or_else(|| Stop::Failed("no enrolled machine to check".into()))?;
+            let machine_id = machine_id.ok_or_else(|| Stop::said("no enrolled machine to check"))?;
             let deadline = now() + config.healthy_timeout;
             loop {
                 let view = ops.inner.fleet.machines().into_iter().find(|v| v.machine.id == machine_id);
                 match view.as_ref().map(|v| v.machine.health) {
                     Some(Health::Healthy) => return Ok((OpState::Succeeded, "healthy".into())),
                     health if now() >= deadline => {
-                        return Err(Stop::Failed(format!(
+                        return Err(Stop::said(format!(
                             "not healthy within {:?} (health {})",
                             config.healthy_timeout,
                             health.map(|h| h.as_str()).unwrap_or("unknown")
@@ -506,9 +536,9 @@ async fn verify_step(
             };
         match judged {
             Judged::Passed(message) => return Ok((OpState::Succeeded, message)),
-            Judged::Failed(message) => return Err(Stop::Failed(message)),
+            Judged::Failed(message) => return Err(Stop::said(message)),
             Judged::Waiting(why) if tokio::time::Instant::now() >= deadline => {
-                return Err(Stop::Failed(format!(
+                return Err(Stop::said(format!(
                     "spec unknown after {:?}: {why}; check the agent's log, then redeploy",
                     ops.inner.config.healthy_timeout
                 )));
@@ -564,7 +594,7 @@ async fn inventory_only(
             return Ok((OpState::Succeeded, "inventory received (no verification store to verify it)".into()));
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Stop::Failed("the agent sent no inventory in time; verification cannot run".into()));
+            return Err(Stop::said("the agent sent no inventory in time; verification cannot run"));
         }
         pause(ops, cancel).await?;
     }
@@ -733,6 +763,7 @@ mod tests {
         let Err(Stop::Failed(message)) = verify_step(&ops, "aaa", &new, soon(), &stop).await else {
             panic!("an agent without inventory cannot pass");
         };
+        let message = message.to_string();
         assert!(message.starts_with("spec unknown") && message.contains("inventory"), "{message}");
         assert_eq!(rig.store.machine(&new).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
 
@@ -747,6 +778,7 @@ mod tests {
         let Err(Stop::Failed(message)) = verify_step(&ops, "aaa", &newer, soon(), &stop).await else {
             panic!("a lost disk is drift");
         };
+        let message = message.to_string();
         assert!(message.starts_with("spec drift") && message.contains("disk_count"), "{message}");
         stop.cancel();
     }
