@@ -1,6 +1,6 @@
 //! Who is calling: agent and operator identities from client certificates or bearer tokens, the
-//! per-RPC checks, revocation, the Enroll rate limit, and [`OperatorGate`], which guards a whole
-//! operator service and writes the audit log.
+//! per-RPC checks, revocation and the Enroll rate limit, refusing with an [`AuthError`] (the gRPC
+//! layer answers it with a code, and `grpc::gate::OperatorGate` guards whole operator services with it).
 //!
 //! The agent port serves everyone on one TLS listener with *optional* client authentication: rustls
 //! verifies any presented certificate against our CA during the handshake, and each RPC then decides
@@ -8,20 +8,14 @@
 //! the machine the request names, not revoked).
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use chrono::Utc;
 use tokio::sync::broadcast;
-use tonic::Status;
-use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::codegen::{BoxFuture, Service};
-use tonic::server::NamedService;
 use tonic::transport::CertificateDer;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::enroll::{self, EnrollConfig, MACHINE_URI, OPERATOR_URI};
 use crate::secret::Secret;
@@ -31,14 +25,6 @@ use crate::store::StoreError;
 /// Operator roles.
 pub const ROLE_ADMIN: &str = "admin";
 pub const ROLE_READ_ONLY: &str = "read-only";
-
-/// FleetService methods that change state (read-only operators are refused them). Every other
-/// operator service is wrapped in [`OperatorGate`] with its own list.
-pub const FLEET_STATE_CHANGING: &[&str] = &[];
-
-/// Services that need no operator credential, should a gate ever wrap them: the agents' own
-/// (checked per RPC), gRPC health and reflection.
-const PUBLIC_PREFIXES: &[&str] = &["/metalfleet.v1.AgentService/", "/grpc.health.v1.Health/", "/grpc.reflection."];
 
 /// What a client certificate says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +82,7 @@ impl AuditArgs {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(args.to_string());
     }
 
-    fn take(&self) -> String {
+    pub(crate) fn take(&self) -> String {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| "{}".to_string())
     }
 }
@@ -173,11 +159,11 @@ impl Security {
     ///
     /// # Errors
     /// `INTERNAL` when the CA could not be read at start.
-    pub fn ca(&self) -> Result<(&str, &Secret, &str), Status> {
+    pub fn ca(&self) -> Result<(&str, &Secret, &str), AuthError> {
         self.ca
             .as_ref()
             .map(|(cert, key, bundle)| (cert.as_str(), key, bundle.as_str()))
-            .ok_or_else(|| Status::internal("the coordinator cannot read its CA; see its log"))
+            .ok_or(AuthError::Internal("the coordinator cannot read its CA; see its log"))
     }
 
     /// Whether a client certificate (DER) was signed by the CA that signs now; false during a CA
@@ -232,27 +218,27 @@ impl Security {
     /// # Errors
     /// `UNAUTHENTICATED` without a certificate (when tokens are required) or with a revoked one;
     /// `PERMISSION_DENIED` when the certificate names another machine or is not an agent's.
-    pub fn check_agent(&self, peer: Option<&PeerCert>, machine_id: &str) -> Result<(), Status> {
+    pub fn check_agent(&self, peer: Option<&PeerCert>, machine_id: &str) -> Result<(), AuthError> {
         if self.insecure {
             return Ok(());
         }
         let Some(peer) = peer else {
             if self.config.require_token {
-                return Err(Status::unauthenticated(
+                return Err(unauthenticated(
                     "a client certificate is required; enroll with a token first (agent --token-file)",
                 ));
             }
             return Ok(());
         };
         if self.is_revoked(&peer.serial) {
-            return Err(Status::unauthenticated("certificate revoked; enroll again with a new token"));
+            return Err(unauthenticated("certificate revoked; enroll again with a new token"));
         }
         match peer.machine_id() {
             Some(id) if id == machine_id => Ok(()),
-            Some(id) => Err(Status::permission_denied(format!(
+            Some(id) => Err(permission_denied(format!(
                 "this certificate belongs to machine {id}, not {machine_id}; an agent may only report for itself"
             ))),
-            None => Err(Status::permission_denied("this certificate is not an agent certificate")),
+            None => Err(permission_denied("this certificate is not an agent certificate")),
         }
     }
 
@@ -268,14 +254,11 @@ impl Security {
         peer: Option<&PeerCert>,
         token: &str,
         names: Vec<String>,
-    ) -> Result<EnrollGrant, Status> {
+    ) -> Result<EnrollGrant, AuthError> {
         if let Some(ip) = remote.map(|a| a.ip())
             && !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(ip, Instant::now())
         {
-            return Err(Status::resource_exhausted(format!(
-                "too many Enroll calls from {ip} (limit {} a minute); wait and retry",
-                self.config.enroll_per_minute
-            )));
+            return Err(AuthError::RateLimited { ip, per_minute: self.config.enroll_per_minute });
         }
         if self.insecure {
             return Ok(EnrollGrant::Open);
@@ -284,13 +267,13 @@ impl Security {
             && let Some(machine_id) = peer.machine_id()
         {
             if self.is_revoked(&peer.serial) {
-                return Err(Status::unauthenticated("certificate revoked; enroll again with a new token"));
+                return Err(unauthenticated("certificate revoked; enroll again with a new token"));
             }
             return Ok(EnrollGrant::Certificate(machine_id.to_string()));
         }
         if token.is_empty() {
             if self.config.require_token {
-                return Err(Status::unauthenticated(
+                return Err(unauthenticated(
                     "an enrollment token is required; create one with `fleetctl tokens create` and pass it with --token-file",
                 ));
             }
@@ -300,19 +283,19 @@ impl Security {
         match self.store.redeem_token(hash, names, Utc::now()).await {
             Ok(Ok(record)) => Ok(EnrollGrant::Token(record.id)),
             Ok(Err(refusal)) => Err(match refusal {
-                TokenRefusal::Unknown => Status::unauthenticated("unknown enrollment token; create a new one"),
-                TokenRefusal::Expired => Status::unauthenticated("enrollment token expired; create a new one"),
+                TokenRefusal::Unknown => unauthenticated("unknown enrollment token; create a new one"),
+                TokenRefusal::Expired => unauthenticated("enrollment token expired; create a new one"),
                 TokenRefusal::UsedUp => {
-                    Status::unauthenticated("enrollment token already used; create a new one (or use --uses)")
+                    unauthenticated("enrollment token already used; create a new one (or use --uses)")
                 }
-                TokenRefusal::Revoked => Status::unauthenticated("enrollment token revoked; create a new one"),
+                TokenRefusal::Revoked => unauthenticated("enrollment token revoked; create a new one"),
                 TokenRefusal::OtherMachine => {
-                    Status::permission_denied("this enrollment token is for another machine; create one for this one")
+                    permission_denied("this enrollment token is for another machine; create one for this one")
                 }
             }),
             Err(error) => {
                 tracing::error!(%error, "token store failure");
-                Err(Status::internal("the coordinator cannot check tokens; see its log"))
+                Err(AuthError::Internal("the coordinator cannot check tokens; see its log"))
             }
         }
     }
@@ -321,23 +304,21 @@ impl Security {
     ///
     /// # Errors
     /// `UNAUTHENTICATED` without a valid credential.
-    pub async fn operator(&self, peer: Option<&PeerCert>, headers: &http::HeaderMap) -> Result<Operator, Status> {
+    pub async fn operator(&self, peer: Option<&PeerCert>, headers: &http::HeaderMap) -> Result<Operator, AuthError> {
         let store_error = |error: StoreError| {
             tracing::error!(%error, "operator store failure");
-            Status::internal("the coordinator cannot check operators; see its log")
+            AuthError::Internal("the coordinator cannot check operators; see its log")
         };
         if let Some(value) = headers.get("authorization") {
             let token = value
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer TOKEN`"))?;
+                .ok_or_else(|| unauthenticated("the authorization header must be `Bearer TOKEN`"))?;
             let found = self.store.operator_by_token(enroll::hash_secret(token.trim())).await.map_err(store_error)?;
             return match found {
                 Some(record) => Ok(Operator { name: record.name, role: record.role }),
-                None => {
-                    Err(Status::unauthenticated("unknown bearer token; ask an admin for `coordinator operators add`"))
-                }
+                None => Err(unauthenticated("unknown bearer token; ask an admin for `coordinator operators add`")),
             };
         }
         if let Some(peer) = peer
@@ -348,7 +329,7 @@ impl Security {
                 Some(record) if record.cert_serial.as_deref() == Some(peer.serial.as_str()) => {
                     Ok(Operator { name: record.name, role: record.role })
                 }
-                _ => Err(Status::unauthenticated(format!(
+                _ => Err(unauthenticated(format!(
                     "the certificate of operator {name} is no longer valid; ask an admin for a new one"
                 ))),
             };
@@ -356,13 +337,13 @@ impl Security {
         if self.insecure {
             return Ok(Operator { name: "anonymous (insecure)".into(), role: ROLE_ADMIN.into() });
         }
-        Err(Status::unauthenticated(
+        Err(unauthenticated(
             "an operator credential is required: a certificate from `coordinator operators add` (client.toml \
              cert_file/key_file) or a bearer token (token_file)",
         ))
     }
 
-    async fn audit(&self, operator: &Operator, action: &str, args: String, result: String) {
+    pub(crate) async fn audit(&self, operator: &Operator, action: &str, args: String, result: String) {
         if let Err(error) = self
             .store
             .append_audit(operator.name.clone(), operator.role.clone(), action.to_string(), args, result, Utc::now())
@@ -371,6 +352,32 @@ impl Security {
             tracing::error!(%error, action, "cannot write the audit log");
         }
     }
+}
+
+/// Why a caller was refused, about the caller's own credentials only. The gRPC layer answers each with its
+/// code (`grpc::auth_status`): the words are for the caller and say what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The credential is missing, unknown, expired, used up or revoked (`UNAUTHENTICATED`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The credential is valid but may not do this (`PERMISSION_DENIED`).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Too many Enroll calls from one address (`RESOURCE_EXHAUSTED`).
+    #[error("too many Enroll calls from {ip} (limit {per_minute} a minute); wait and retry")]
+    RateLimited { ip: IpAddr, per_minute: u32 },
+    /// The coordinator cannot read its own CA or credential store (`INTERNAL`); the cause is in its log.
+    #[error("{0}")]
+    Internal(&'static str),
+}
+
+fn unauthenticated(words: impl Into<String>) -> AuthError {
+    AuthError::Unauthenticated(words.into())
+}
+
+fn permission_denied(words: impl Into<String>) -> AuthError {
+    AuthError::PermissionDenied(words.into())
 }
 
 /// A token bucket per source address: `per_minute` calls at once, refilled evenly over a minute.
@@ -401,92 +408,6 @@ impl RateLimiter {
         } else {
             false
         }
-    }
-}
-
-/// Wraps an operator service: every call needs an operator credential, read-only operators are
-/// refused the `state_changing` methods, and each state-changing call is written to the audit log.
-#[derive(Clone)]
-pub struct OperatorGate<S> {
-    inner: S,
-    security: Arc<Security>,
-    state_changing: &'static [&'static str],
-}
-
-impl<S> OperatorGate<S> {
-    pub fn new(inner: S, security: Arc<Security>, state_changing: &'static [&'static str]) -> Self {
-        OperatorGate { inner, security, state_changing }
-    }
-}
-
-impl<S: NamedService> NamedService for OperatorGate<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-/// The client certificate of a call, from the connection info tonic puts into the extensions.
-pub fn peer_from_extensions(extensions: &http::Extensions) -> Option<PeerCert> {
-    Security::peer(extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(TlsConnectInfo::peer_certs))
-}
-
-impl<S> Service<http::Request<Body>> for OperatorGate<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        // The clone is not necessarily ready; the one poll_ready was called on is, so keep that one.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let security = self.security.clone();
-        let state_changing = self.state_changing;
-        Box::pin(async move {
-            let path = request.uri().path();
-            if PUBLIC_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
-                return inner.call(request).await;
-            }
-            let method = path.rsplit('/').next().unwrap_or_default().to_string();
-            let peer = peer_from_extensions(request.extensions());
-            let operator = match security.operator(peer.as_ref(), request.headers()).await {
-                Ok(operator) => operator,
-                Err(status) => {
-                    tracing::info!(method, code = ?status.code(), "operator call refused");
-                    return Ok(status.into_http());
-                }
-            };
-            let changes_state = state_changing.contains(&method.as_str());
-            if !changes_state {
-                request.extensions_mut().insert(operator);
-                return inner.call(request).await;
-            }
-            if !operator.is_admin() {
-                let status = Status::permission_denied(format!(
-                    "operator {} has role {}; {method} needs role admin",
-                    operator.name, operator.role
-                ));
-                security.audit(&operator, &method, "{}".into(), "permission_denied".into()).await;
-                return Ok(status.into_http());
-            }
-            let args = AuditArgs::default();
-            request.extensions_mut().insert(operator.clone());
-            request.extensions_mut().insert(args.clone());
-            let response = inner.call(request).await?;
-            let result = match Status::from_header_map(response.headers()) {
-                Some(status) if status.code() != tonic::Code::Ok => {
-                    format!("{:?}: {}", status.code(), status.message())
-                }
-                _ => "ok".to_string(),
-            };
-            security.audit(&operator, &method, args.take(), result).await;
-            Ok(response)
-        })
     }
 }
 

@@ -7,6 +7,7 @@ pub mod client;
 pub mod convert;
 pub mod culprit;
 pub mod fleet_service;
+pub mod gate;
 pub mod lab_service;
 pub mod operations_service;
 pub mod security_service;
@@ -15,6 +16,18 @@ pub mod verify_service;
 use tonic::Status;
 
 use crate::fleet::FleetError;
+
+/// The gRPC status for a refused caller: `UNAUTHENTICATED` and `PERMISSION_DENIED` are only ever about the
+/// caller's own credentials.
+pub fn auth_status(refusal: crate::auth::AuthError) -> Status {
+    use crate::auth::AuthError;
+    match refusal {
+        AuthError::Unauthenticated(words) => Status::unauthenticated(words),
+        AuthError::PermissionDenied(words) => Status::permission_denied(words),
+        refusal @ AuthError::RateLimited { .. } => Status::resource_exhausted(refusal.to_string()),
+        AuthError::Internal(words) => Status::internal(words),
+    }
+}
 
 /// The gRPC status for a value on the wire that cannot become a record: `INVALID_ARGUMENT` naming the field.
 pub fn invalid(error: model::wire::WireError) -> Status {

@@ -9,12 +9,13 @@ use proto::v1::security_service_server::SecurityServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{OperatorGate, Security};
+use crate::auth::Security;
 use crate::client_config::{self, ClientConfig};
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetError, FleetSettings};
 use crate::grpc::agent_service::AgentApi;
 use crate::grpc::fleet_service::FleetApi;
+use crate::grpc::gate::OperatorGate;
 use crate::grpc::security_service::{self, SecurityApi};
 use crate::listener::{self, Listener};
 use crate::pki::{self, PkiError};
@@ -247,7 +248,7 @@ async fn prepare_inner(
     }
     let operators =
         FleetServiceServer::new(fleet_api).max_decoding_message_size(limit).max_encoding_message_size(limit);
-    let operators = OperatorGate::new(operators, security.clone(), crate::auth::FLEET_STATE_CHANGING);
+    let operators = OperatorGate::new(operators, security.clone(), crate::grpc::gate::FLEET_STATE_CHANGING);
     // The lab plan (issue 6), and the reconciliation task against the last applied plan.
     let lab_maas = maas_client.clone();
     let reconciler = crate::plan::reconcile::Reconciler {

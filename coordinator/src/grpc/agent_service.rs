@@ -42,7 +42,7 @@ impl AgentApi {
 
     fn check_agent(&self, peer: Option<&PeerCert>, machine_id: &str) -> Result<(), Status> {
         match &self.security {
-            Some(security) => security.check_agent(peer, machine_id),
+            Some(security) => security.check_agent(peer, machine_id).map_err(super::auth_status),
             None => Ok(()),
         }
     }
@@ -54,7 +54,7 @@ impl AgentApi {
         machine: &crate::domain::Machine,
         csr_pem: &str,
     ) -> Result<(String, String), Status> {
-        let (ca_pem, ca_key, bundle) = security.ca()?;
+        let (ca_pem, ca_key, bundle) = security.ca().map_err(super::auth_status)?;
         let mut uris = vec![format!("{}{}", crate::enroll::MACHINE_URI, machine.id)];
         if let Some(system_id) = &machine.system_id {
             uris.push(format!("metalfleet:system:{system_id}"));
@@ -117,9 +117,11 @@ impl AgentService for AgentApi {
         }
         // Checked before anything is stored: a refused agent leaves no trace but the log line.
         let names = vec![enrollment.hostname.clone()];
-        let grant = security.admit_enroll(remote, peer.as_ref(), token.expose(), names).await.inspect_err(|refusal| {
-            tracing::warn!(peer = ?remote, code = ?refusal.code(), reason = refusal.message(), "enrollment refused");
-        })?;
+        let grant = security
+            .admit_enroll(remote, peer.as_ref(), token.expose(), names)
+            .await
+            .inspect_err(|refusal| tracing::warn!(peer = ?remote, %refusal, "enrollment refused"))
+            .map_err(super::auth_status)?;
         if let EnrollGrant::Certificate(machine_id) = &grant {
             let own = self
                 .fleet

@@ -1,6 +1,6 @@
 //! OperationsService: redeploys, the operations records, power and forget, over [`crate::operations`].
 //!
-//! Served behind [`crate::auth::OperatorGate`] with [`STATE_CHANGING`]: read-only operators may list, show and
+//! Served behind [`crate::grpc::gate::OperatorGate`] with [`STATE_CHANGING`]: read-only operators may list, show and
 //! watch, not redeploy, cancel, power or forget. Handlers name their arguments for the audit log.
 
 use std::pin::Pin;

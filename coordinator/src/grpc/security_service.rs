@@ -1,6 +1,6 @@
 //! SecurityService: enrollment tokens, agent certificates and the audit log, for operators.
 //!
-//! Served behind [`crate::auth::OperatorGate`], which authenticates the caller, refuses read-only
+//! Served behind [`crate::grpc::gate::OperatorGate`], which authenticates the caller, refuses read-only
 //! operators the state-changing methods ([`STATE_CHANGING`]) and writes the audit log; handlers here
 //! only say what the arguments were ([`AuditArgs`]), never a secret.
 
