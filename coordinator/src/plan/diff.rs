@@ -117,17 +117,79 @@ fn synced(live: &Live, os: &str, release: &str, arch: &str) -> bool {
     live.resources.iter().any(|r| r.name == name && r.architecture.split('/').next() == Some(arch) && r.is_synced())
 }
 
-/// Computes the plan. `prune` adds deletions of ranges (on the plan's subnet), SSH keys and forwards the plan
-/// does not mention; everything else the plan does not mention is left alone.
+/// One phase of the lab's safe order: what it plans, and why it comes where it does.
+pub struct Phase {
+    pub name: &'static str,
+    pub why: &'static str,
+    plan: fn(&Inputs<'_>) -> Result<Vec<Step>, PlanError>,
+}
+
+/// The lab's safe order, the one place that states it: [`plan`] runs these phases in this order, and `apply`
+/// runs the steps in the order the plan lists them.
+pub const SAFE_ORDER: &[Phase] = &[
+    Phase {
+        name: "router_dhcp",
+        why: "the router's DHCP goes off, and a probe from MAIN must see no DHCP server, before MAAS DHCP may come \
+              on: two DHCP servers on one segment hand out conflicting leases and PXE boots fail",
+        plan: router_dhcp,
+    },
+    Phase {
+        name: "subnet",
+        why: "ranges and subnet DNS before MAAS DHCP (MAAS serves DHCP only from a dynamic range), then a probe that \
+              must see only MAAS answer",
+        plan: subnet,
+    },
+    Phase {
+        name: "dns",
+        why: "the DNS forwarder before images: the region resolves the image mirror through it",
+        plan: dns,
+    },
+    Phase {
+        name: "images",
+        why: "images synced before machines: commissioning boots the ephemeral image",
+        plan: images,
+    },
+    Phase { name: "ssh_keys", why: "SSH keys before machines: commissioning and deploys inject them", plan: ssh_keys },
+    Phase {
+        name: "kernel_opts",
+        why: "kernel options before machines: the first commissioning boot already uses them",
+        plan: kernel_opts,
+    },
+    Phase {
+        name: "machines",
+        why: "machines when DHCP, images and keys are in place: created, commissioned, then waited for until Ready",
+        plan: machines,
+    },
+    Phase { name: "devices", why: "devices (the router itself, say) once the subnet is served", plan: devices },
+    Phase {
+        name: "router_access",
+        why: "forwards and remote management last: MAIN is exposed from the WAN only once the lab is set up",
+        plan: router_access,
+    },
+];
+
+/// What every phase reads: the plan file, the live state, and what is derived from them once.
+struct Inputs<'a> {
+    desired: &'a LabFile,
+    live: &'a Live,
+    prune: bool,
+    router: Option<&'a super::file::RouterPlan>,
+    probe_interface: Option<String>,
+    subnet_plan: Option<&'a super::file::SubnetPlan>,
+    subnet: Option<&'a maas::Subnet>,
+    vlan: Option<maas::Vlan>,
+    /// MAAS DHCP is wanted on the plan's subnet and is not on yet.
+    maas_dhcp_needed: bool,
+}
+
+/// Computes the plan: each phase of [`SAFE_ORDER`] in turn. `prune` adds deletions of ranges (on the plan's
+/// subnet), SSH keys and forwards the plan does not mention; everything else the plan does not mention is left alone.
 ///
 /// # Errors
 /// The plan names a subnet MAAS does not know, or asks for DHCP where no rack controller is.
 pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanError> {
-    let mut steps = Vec::new();
     let router = desired.router.as_ref();
     let probe_interface = router.and_then(|r| r.probe_interface.clone());
-
-    // 1. The router's DHCP off, proven on the wire, before MAAS DHCP may come on.
     let subnet_plan = desired.subnet.as_ref();
     let subnet = match subnet_plan {
         Some(s) => Some(live.subnet(&s.cidr).ok_or_else(|| PlanError::NoSubnet { cidr: s.cidr.clone() })?),
@@ -135,6 +197,17 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
     };
     let vlan = subnet.and_then(|s| s.vlan.clone());
     let maas_dhcp_needed = subnet_plan.is_some_and(|s| s.dhcp) && !vlan.as_ref().is_some_and(|v| v.dhcp_on);
+    let input = Inputs { desired, live, prune, router, probe_interface, subnet_plan, subnet, vlan, maas_dhcp_needed };
+    let mut steps = Vec::new();
+    for phase in SAFE_ORDER {
+        steps.extend((phase.plan)(&input)?);
+    }
+    Ok(Plan { steps })
+}
+
+fn router_dhcp(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { live, router, ref probe_interface, maas_dhcp_needed, .. } = input;
+    let mut steps = Vec::new();
     if let (Some(router), Some(state)) = (router, &live.router) {
         if !router.dhcp && state.dhcp_enabled {
             steps.push(step(
@@ -158,8 +231,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             Some(Op::ProveNoDhcp { interface: interface.clone() }),
         ));
     }
+    Ok(steps)
+}
 
-    // 2. Ranges, subnet DNS, MAAS DHCP.
+fn subnet(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { live, prune, ref probe_interface, subnet_plan, subnet, ref vlan, .. } = input;
+    let mut steps = Vec::new();
     if let (Some(plan), Some(subnet)) = (subnet_plan, subnet) {
         let on_subnet: Vec<&maas::IpRange> = live
             .ip_ranges
@@ -252,8 +329,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             }
         }
     }
+    Ok(steps)
+}
 
-    // 3. DNS forwarder and DNSSEC.
+fn dns(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { desired, live, .. } = input;
+    let mut steps = Vec::new();
     if let Some(servers) = &desired.maas.upstream_dns {
         if &live.upstream_dns != servers {
             steps.push(step(
@@ -278,8 +359,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             steps.push(unchanged("dnssec_validation", format!("dnssec_validation {dnssec}")));
         }
     }
+    Ok(steps)
+}
 
-    // 4. Images: selections, then one import that waits until all are synced.
+fn images(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { desired, live, .. } = input;
+    let mut steps = Vec::new();
     if !desired.images.is_empty() {
         let source = live.boot_source_id;
         let mut to_sync = Vec::new();
@@ -336,8 +421,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             ));
         }
     }
+    Ok(steps)
+}
 
-    // 5. SSH keys.
+fn ssh_keys(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { desired, live, prune, .. } = input;
+    let mut steps = Vec::new();
     let live_keys: Vec<(i64, String)> = live.ssh_keys.iter().map(|k| (k.id, key_identity(&k.key))).collect();
     let mut wanted_keys = BTreeSet::new();
     for key in desired.ssh_keys.iter().filter_map(|k| k.key.as_deref()) {
@@ -365,8 +454,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             ));
         }
     }
+    Ok(steps)
+}
 
-    // 6. Kernel options.
+fn kernel_opts(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { desired, live, .. } = input;
+    let mut steps = Vec::new();
     if let Some(opts) = &desired.maas.kernel_opts {
         if &live.kernel_opts != opts {
             steps.push(step(
@@ -379,8 +472,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             steps.push(unchanged("kernel_opts", format!("kernel_opts {opts}")));
         }
     }
+    Ok(steps)
+}
 
-    // 7. Machines: create (MAAS commissions new machines), commission the ones still New, wait until Ready.
+fn machines(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { desired, live, .. } = input;
+    let mut steps = Vec::new();
     let mut wait = Vec::new();
     for machine in &desired.machines {
         let macs: Vec<String> = machine.macs.iter().map(|m| m.to_ascii_lowercase()).collect();
@@ -434,8 +531,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             Some(Op::WaitReady { hostnames: wait }),
         ));
     }
+    Ok(steps)
+}
 
-    // 8. Devices.
+fn devices(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { desired, live, .. } = input;
+    let mut steps = Vec::new();
     for device in &desired.devices {
         let mac = device.mac.to_ascii_lowercase();
         let found = live.devices.iter().any(|d| {
@@ -452,8 +553,12 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             ));
         }
     }
+    Ok(steps)
+}
 
-    // 9. Router forwards and remote management, last.
+fn router_access(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+    let &Inputs { live, prune, router, .. } = input;
+    let mut steps = Vec::new();
     if let (Some(router), Some(state)) = (router, &live.router) {
         for forward in &router.forwards {
             let want = forward_of(forward);
@@ -505,7 +610,7 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
             }
         }
     }
-    Ok(Plan { steps })
+    Ok(steps)
 }
 
 fn onoff(on: bool) -> &'static str {

@@ -170,3 +170,13 @@ fn an_unknown_subnet_is_an_error() {
     live.subnets.clear();
     assert!(matches!(plan(&lab(), &live, false), Err(PlanError::NoSubnet { .. })));
 }
+
+#[test]
+fn the_safe_order_is_one_table_with_a_reason_for_each_phase() {
+    let names: Vec<&str> = super::SAFE_ORDER.iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        ["router_dhcp", "subnet", "dns", "images", "ssh_keys", "kernel_opts", "machines", "devices", "router_access"]
+    );
+    assert!(super::SAFE_ORDER.iter().all(|p| p.why.len() > 20), "every phase says why it is where it is");
+}
