@@ -81,7 +81,7 @@ pub struct Heartbeat {
     pub dropped_samples: u64,
 }
 
-struct Live {
+struct Tracked {
     machine: Machine,
     latest: Option<Sample>,
     /// Samples of this machine refused since the coordinator started, and when that was last an event.
@@ -103,7 +103,7 @@ struct Pending {
 pub struct Fleet {
     store: Arc<dyn Store>,
     settings: FleetSettings,
-    machines: Mutex<HashMap<String, Live>>,
+    machines: Mutex<HashMap<String, Tracked>>,
     pending: Mutex<VecDeque<Pending>>,
     pending_ready: Notify,
     events: broadcast::Sender<Event>,
@@ -156,7 +156,7 @@ impl Fleet {
         let mut machines = HashMap::new();
         for machine in store.machines().await? {
             let latest = store.latest_sample(&machine.id).await?;
-            machines.insert(machine.id.clone(), Live::new(machine, latest, now));
+            machines.insert(machine.id.clone(), Tracked::new(machine, latest, now));
         }
         let (writes, queue) = mpsc::channel(settings.write_queue);
         let sample_budget = Arc::new(Semaphore::new(settings.write_queue * SAMPLES_PER_QUEUE_SLOT));
@@ -185,7 +185,7 @@ impl Fleet {
         &self.settings
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
         self.machines.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -206,10 +206,10 @@ impl Fleet {
         let machine = enrolled.machine;
         let mut machines = self.lock();
         let live =
-            machines.entry(machine.id.clone()).or_insert_with(|| Live::new(machine.clone(), None, Instant::now()));
+            machines.entry(machine.id.clone()).or_insert_with(|| Tracked::new(machine.clone(), None, Instant::now()));
         if enrolled.replaced_agent.is_some() {
             // A new agent on this machine: what the old one said is no longer the machine's state.
-            *live = Live::new(machine.clone(), None, Instant::now());
+            *live = Tracked::new(machine.clone(), None, Instant::now());
         }
         live.machine.hostname = machine.hostname.clone();
         live.machine.mac_addresses = machine.mac_addresses.clone();
@@ -540,7 +540,7 @@ impl Fleet {
         self.queue(Pending { event, health: None });
     }
 
-    /// Live events from now on. Subscribe before reading stored events so none fall in between.
+    /// Tracked events from now on. Subscribe before reading stored events so none fall in between.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -593,9 +593,9 @@ impl Fleet {
     }
 }
 
-impl Live {
+impl Tracked {
     fn new(machine: Machine, latest: Option<Sample>, silent_since: Instant) -> Self {
-        Live { machine, latest, refused: 0, refusal_event_at: None, skew_event_at: None, silent_since }
+        Tracked { machine, latest, refused: 0, refusal_event_at: None, skew_event_at: None, silent_since }
     }
 }
 
@@ -612,7 +612,7 @@ fn machine_event(machine: &Machine, kind: &str, message: String) -> NewEvent {
 }
 
 /// Applies a new health to `live` and describes the change, or returns `None` when nothing changed.
-fn transition(live: &mut Live, health: Health, reasons: Vec<String>, at: DateTime<Utc>) -> Option<Pending> {
+fn transition(live: &mut Tracked, health: Health, reasons: Vec<String>, at: DateTime<Utc>) -> Option<Pending> {
     let from = live.machine.health;
     if from == health && live.machine.health_reasons == reasons {
         return None;

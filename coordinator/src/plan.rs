@@ -4,7 +4,7 @@
 //! Layout:
 //! - [`file`]: the plan file's schema and its checks.
 //! - [`live`]: one read of everything the plan talks about (MAAS and, through the shim, the router).
-//! - [`diff`]: desired vs live as ordered [`Step`]s, pure, so every rule is unit-tested without a MAAS.
+//! - [`diff`]: desired vs live as ordered [`PlanStep`]s, pure, so every rule is unit-tested without a MAAS.
 //! - [`apply`]: runs the steps with progress, stops at the first failure and says what is left.
 //! - [`export`], [`report`], [`reconcile`]: the live lab as a plan file, the evidence report, the background check.
 //! - [`store`]: the last applied plan.
@@ -85,7 +85,7 @@ impl Default for LabConfig {
 
 /// One line of a plan: what, on which object, and the change in words.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Step {
+pub struct PlanStep {
     pub action: Action,
     /// The object class: `router_dhcp`, `ip_range`, `maas_dhcp`, `upstream_dns`, `image`, `ssh_key`, ...
     pub kind: String,
@@ -95,14 +95,14 @@ pub struct Step {
     pub op: Option<Op>,
 }
 
-impl Step {
+impl PlanStep {
     /// The step as operators see it (without its op, which stays on the server).
     pub fn change(&self) -> Change {
         Change { action: self.action, kind: self.kind.clone(), summary: self.summary.clone() }
     }
 }
 
-impl fmt::Display for Step {
+impl fmt::Display for PlanStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.action.symbol(), self.summary)
     }
@@ -111,7 +111,7 @@ impl fmt::Display for Step {
 /// A computed plan.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    pub steps: Vec<Step>,
+    pub steps: Vec<PlanStep>,
 }
 
 impl Plan {

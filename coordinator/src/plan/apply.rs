@@ -11,7 +11,7 @@ use router_shim_api::probe::{self, ProbeRequest};
 use tokio::sync::mpsc;
 
 use super::diff::Op;
-use super::{Plan, Step};
+use super::{Plan, PlanStep};
 use crate::maas::{self, CommissionOptions, DnssecValidation, NodeStatus, SubnetRef, VlanUpdate};
 
 /// One thing `apply` tells its caller while it runs.
@@ -22,7 +22,7 @@ pub enum Progress {
     Started {
         index: usize,
         total: usize,
-        step: Step,
+        step: PlanStep,
     },
     /// A long step's progress: `current` of `goal` (percent for images, machines Ready for commissioning).
     Working {
@@ -33,14 +33,14 @@ pub enum Progress {
     },
     Done {
         index: usize,
-        step: Step,
+        step: PlanStep,
     },
     /// The apply stopped at this step; `left` are the steps not done.
     Failed {
         index: usize,
-        step: Step,
+        step: PlanStep,
         reason: String,
-        left: Vec<Step>,
+        left: Vec<PlanStep>,
     },
     Finished {
         changes: usize,
@@ -116,7 +116,7 @@ pub struct Context<'a> {
 /// # Errors
 /// The first failing step's error (its words are also sent as [`Progress::Failed`]).
 pub async fn apply(ctx: &mut Context<'_>, plan: &Plan, progress: &mpsc::Sender<Progress>) -> Result<usize, StepError> {
-    let todo: Vec<&Step> =
+    let todo: Vec<&PlanStep> =
         plan.steps.iter().filter(|s| s.op.is_some() && s.action != super::Action::Unchanged).collect();
     let total = todo.len();
     let mut changes = 0;

@@ -5,11 +5,11 @@
 use super::diff::Op;
 use super::file::LabFile;
 use super::live::Live;
-use super::{Action, Plan, Step};
+use super::{Action, Plan, PlanStep};
 use crate::maas::NodeStatus;
 
-fn step(action: Action, kind: &str, summary: String, op: Op) -> Step {
-    Step { action, kind: kind.to_string(), summary, op: Some(op) }
+fn step(action: Action, kind: &str, summary: String, op: Op) -> PlanStep {
+    PlanStep { action, kind: kind.to_string(), summary, op: Some(op) }
 }
 
 /// The destroy steps for what of `lab` exists in `live`.

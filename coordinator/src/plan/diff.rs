@@ -10,7 +10,7 @@ use router_shim_api::model::{PortForward, Protocol};
 
 use super::file::{LabFile, RangeType};
 use super::live::Live;
-use super::{Action, Plan, PlanError, Step};
+use super::{Action, Plan, PlanError, PlanStep};
 use crate::maas::{self, IpRangeType, NewBootSourceSelection, NewIpRange, NewMachine, NodeStatus};
 
 /// What `apply` does for one step. Every op is idempotent: running it again after a partial apply is safe.
@@ -91,11 +91,11 @@ pub enum Op {
     RouterReset,
 }
 
-fn step(action: Action, kind: &str, summary: String, op: Option<Op>) -> Step {
-    Step { action, kind: kind.to_string(), summary, op }
+fn step(action: Action, kind: &str, summary: String, op: Option<Op>) -> PlanStep {
+    PlanStep { action, kind: kind.to_string(), summary, op }
 }
 
-fn unchanged(kind: &str, summary: String) -> Step {
+fn unchanged(kind: &str, summary: String) -> PlanStep {
     step(Action::Unchanged, kind, summary, None)
 }
 
@@ -121,7 +121,7 @@ fn synced(live: &Live, os: &str, release: &str, arch: &str) -> bool {
 pub struct Phase {
     pub name: &'static str,
     pub why: &'static str,
-    plan: fn(&Inputs<'_>) -> Result<Vec<Step>, PlanError>,
+    plan: fn(&Inputs<'_>) -> Result<Vec<PlanStep>, PlanError>,
 }
 
 /// The lab's safe order, the one place that states it: [`plan`] runs these phases in this order, and `apply`
@@ -205,7 +205,7 @@ pub fn plan(desired: &LabFile, live: &Live, prune: bool) -> Result<Plan, PlanErr
     Ok(Plan { steps })
 }
 
-fn router_dhcp(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn router_dhcp(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { live, router, ref probe_interface, maas_dhcp_needed, .. } = input;
     let mut steps = Vec::new();
     if let (Some(router), Some(state)) = (router, &live.router) {
@@ -234,7 +234,7 @@ fn router_dhcp(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
     Ok(steps)
 }
 
-fn subnet(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn subnet(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { live, prune, ref probe_interface, subnet_plan, subnet, ref vlan, .. } = input;
     let mut steps = Vec::new();
     if let (Some(plan), Some(subnet)) = (subnet_plan, subnet) {
@@ -332,7 +332,7 @@ fn subnet(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
     Ok(steps)
 }
 
-fn dns(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn dns(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { desired, live, .. } = input;
     let mut steps = Vec::new();
     if let Some(servers) = &desired.maas.upstream_dns {
@@ -362,7 +362,7 @@ fn dns(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
     Ok(steps)
 }
 
-fn images(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn images(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { desired, live, .. } = input;
     let mut steps = Vec::new();
     if !desired.images.is_empty() {
@@ -424,7 +424,7 @@ fn images(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
     Ok(steps)
 }
 
-fn ssh_keys(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn ssh_keys(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { desired, live, prune, .. } = input;
     let mut steps = Vec::new();
     let live_keys: Vec<(i64, String)> = live.ssh_keys.iter().map(|k| (k.id, key_identity(&k.key))).collect();
@@ -457,7 +457,7 @@ fn ssh_keys(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
     Ok(steps)
 }
 
-fn kernel_opts(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn kernel_opts(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { desired, live, .. } = input;
     let mut steps = Vec::new();
     if let Some(opts) = &desired.maas.kernel_opts {
@@ -475,7 +475,7 @@ fn kernel_opts(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
     Ok(steps)
 }
 
-fn machines(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn machines(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { desired, live, .. } = input;
     let mut steps = Vec::new();
     let mut wait = Vec::new();
@@ -534,7 +534,7 @@ fn machines(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
     Ok(steps)
 }
 
-fn devices(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn devices(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { desired, live, .. } = input;
     let mut steps = Vec::new();
     for device in &desired.devices {
@@ -556,7 +556,7 @@ fn devices(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
     Ok(steps)
 }
 
-fn router_access(input: &Inputs<'_>) -> Result<Vec<Step>, PlanError> {
+fn router_access(input: &Inputs<'_>) -> Result<Vec<PlanStep>, PlanError> {
     let &Inputs { live, prune, router, .. } = input;
     let mut steps = Vec::new();
     if let (Some(router), Some(state)) = (router, &live.router) {

@@ -4,11 +4,11 @@ use proto::v1 as pb;
 
 pub use model::wire::lab::{change_from_wire, change_to_wire};
 
-use crate::plan::Step;
+use crate::plan::PlanStep;
 use crate::plan::apply::Progress;
 
 /// A plan step on the wire (the op stays on the server).
-pub fn step_to_wire(step: &Step) -> pb::LabStep {
+pub fn step_to_wire(step: &PlanStep) -> pb::LabStep {
     change_to_wire(&step.change())
 }
 
@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn steps_round_trip_without_their_op() {
-        let step = Step { action: Action::Create, kind: "ip_range".into(), summary: "create x".into(), op: None };
+        let step = PlanStep { action: Action::Create, kind: "ip_range".into(), summary: "create x".into(), op: None };
         assert_eq!(change_from_wire(step_to_wire(&step)), step.change());
         let odd = change_from_wire(pb::LabStep { action: "explode".into(), kind: "k".into(), summary: "s".into() });
         assert_eq!(odd.action, Action::Check);
@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn failure_carries_reason_and_what_is_left() {
-        let step = Step { action: Action::Check, kind: "dhcp_probe".into(), summary: "prove".into(), op: None };
+        let step = PlanStep { action: Action::Check, kind: "dhcp_probe".into(), summary: "prove".into(), op: None };
         let wire =
             progress_to_wire(&Progress::Failed { index: 1, step: step.clone(), reason: "r".into(), left: vec![step] });
         assert_eq!((wire.kind.as_str(), wire.message.as_str(), wire.steps.len()), ("failed", "r", 1));
