@@ -540,7 +540,7 @@ impl Fleet {
         self.queue(Pending { event, health: None });
     }
 
-    /// Tracked events from now on. Subscribe before reading stored events so none fall in between.
+    /// Live events from now on. Subscribe before reading stored events so none fall in between.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
