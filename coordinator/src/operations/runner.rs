@@ -270,6 +270,7 @@ fn is_failed(status: NodeStatus) -> bool {
     )
 }
 
+/// Runs one step of one machine's redeploy: the step's own function, with what every step reads.
 async fn run_step(
     ops: &Operations,
     shared: &Shared,
@@ -289,192 +290,235 @@ async fn run_step(
             m.machine_id.clone(),
         )
     };
-    let config = &ops.inner.config;
     let maas = ops.maas().map_err(Stop::failed)?.clone();
-    let now = tokio::time::Instant::now;
+    let context =
+        StepContext { ops, shared, index, cancel, system_id, hostname, distro, template, token_id, machine_id, maas };
     match step {
-        Step::Release => {
-            let machine = read(ops, &system_id, now() + config.release_timeout, cancel).await?;
-            if matches!(machine.status, NodeStatus::Ready | NodeStatus::Releasing | NodeStatus::DiskErasing) {
-                return Ok((OpState::Skipped, format!("MAAS status {}; nothing to release", machine.status.label())));
-            }
-            let options = maas::ReleaseOptions { comment: Some("metalfleet: redeploy".into()), ..Default::default() };
-            let released = maas.release(&system_id, &options).await.map_err(Stop::failed)?;
-            Ok((OpState::Succeeded, format!("MAAS status {}", released.status.label())))
+        Step::Release => release(context).await,
+        Step::WaitReady => wait_ready(context).await,
+        Step::Allocate => allocate(context).await,
+        Step::Deploy => deploy(context).await,
+        Step::WaitDeployed => wait_deployed(context).await,
+        Step::WaitEnrolled => wait_enrolled(context).await,
+        Step::Verify => verify(context).await,
+        Step::WaitHealthy => wait_healthy(context).await,
+    }
+}
+
+/// What every step of one machine's redeploy reads.
+struct StepContext<'a> {
+    ops: &'a Operations,
+    shared: &'a Shared,
+    index: usize,
+    cancel: &'a CancellationToken,
+    system_id: String,
+    hostname: String,
+    distro: String,
+    template: Option<String>,
+    token_id: Option<String>,
+    machine_id: Option<String>,
+    maas: maas::Client,
+}
+
+async fn release(step: StepContext<'_>) -> Result<(OpState, String), Stop> {
+    let StepContext { ops, cancel, system_id, maas, .. } = step;
+    let config = &ops.inner.config;
+    let now = tokio::time::Instant::now;
+    let machine = read(ops, &system_id, now() + config.release_timeout, cancel).await?;
+    if matches!(machine.status, NodeStatus::Ready | NodeStatus::Releasing | NodeStatus::DiskErasing) {
+        return Ok((OpState::Skipped, format!("MAAS status {}; nothing to release", machine.status.label())));
+    }
+    let options = maas::ReleaseOptions { comment: Some("metalfleet: redeploy".into()), ..Default::default() };
+    let released = maas.release(&system_id, &options).await.map_err(Stop::failed)?;
+    Ok((OpState::Succeeded, format!("MAAS status {}", released.status.label())))
+}
+
+async fn wait_ready(step: StepContext<'_>) -> Result<(OpState, String), Stop> {
+    let StepContext { ops, cancel, system_id, hostname, .. } = step;
+    let config = &ops.inner.config;
+    let now = tokio::time::Instant::now;
+    let deadline = now() + config.release_timeout;
+    loop {
+        let machine = read(ops, &system_id, deadline, cancel).await?;
+        if machine.status == NodeStatus::Ready {
+            return Ok((OpState::Succeeded, "MAAS status Ready".into()));
         }
-        Step::WaitReady => {
-            let deadline = now() + config.release_timeout;
-            loop {
-                let machine = read(ops, &system_id, deadline, cancel).await?;
-                if machine.status == NodeStatus::Ready {
-                    return Ok((OpState::Succeeded, "MAAS status Ready".into()));
-                }
-                if is_failed(machine.status) {
-                    return Err(Stop::said(maas_failure(ops, &machine).await));
-                }
-                if now() >= deadline {
-                    return Err(Stop::said(format!(
-                        "{hostname} is still {} after {:?}; check it in MAAS",
-                        machine.status.label(),
-                        config.release_timeout
-                    )));
-                }
+        if is_failed(machine.status) {
+            return Err(Stop::said(maas_failure(ops, &machine).await));
+        }
+        if now() >= deadline {
+            return Err(Stop::said(format!(
+                "{hostname} is still {} after {:?}; check it in MAAS",
+                machine.status.label(),
+                config.release_timeout
+            )));
+        }
+        pause(ops, cancel).await?;
+    }
+}
+
+async fn allocate(step: StepContext<'_>) -> Result<(OpState, String), Stop> {
+    let StepContext { ops, cancel, system_id, maas, .. } = step;
+    let config = &ops.inner.config;
+    let now = tokio::time::Instant::now;
+    let deadline = now() + config.release_timeout;
+    let me = maas.whoami().await.map(|u| u.username).ok();
+    loop {
+        let machine = read(ops, &system_id, deadline, cancel).await?;
+        if matches!(machine.status, NodeStatus::Allocated | NodeStatus::Deploying | NodeStatus::Deployed)
+            && machine.owner.is_some()
+            && machine.owner == me
+        {
+            return Ok((OpState::Skipped, format!("already {} to us", machine.status.label())));
+        }
+        let request = maas::AllocateRequest {
+            system_id: Some(system_id.clone()),
+            comment: Some("metalfleet: redeploy".into()),
+            ..Default::default()
+        };
+        // allocate is never retried by the client: re-read (above) before sending it again.
+        match maas.allocate(&request).await {
+            Ok(m) => return Ok((OpState::Succeeded, format!("MAAS status {}", m.status.label()))),
+            Err(error) if error.is_retryable() && now() < deadline => {
+                tracing::warn!(%error, system_id, "allocate failed; re-reading the machine before retrying");
                 pause(ops, cancel).await?;
             }
+            Err(error) => return Err(Stop::failed(error)),
         }
-        Step::Allocate => {
-            let deadline = now() + config.release_timeout;
-            let me = maas.whoami().await.map(|u| u.username).ok();
-            loop {
-                let machine = read(ops, &system_id, deadline, cancel).await?;
-                if matches!(machine.status, NodeStatus::Allocated | NodeStatus::Deploying | NodeStatus::Deployed)
-                    && machine.owner.is_some()
-                    && machine.owner == me
-                {
-                    return Ok((OpState::Skipped, format!("already {} to us", machine.status.label())));
-                }
-                let request = maas::AllocateRequest {
-                    system_id: Some(system_id.clone()),
-                    comment: Some("metalfleet: redeploy".into()),
-                    ..Default::default()
-                };
-                // allocate is never retried by the client: re-read (above) before sending it again.
-                match maas.allocate(&request).await {
-                    Ok(m) => return Ok((OpState::Succeeded, format!("MAAS status {}", m.status.label()))),
-                    Err(error) if error.is_retryable() && now() < deadline => {
-                        tracing::warn!(%error, system_id, "allocate failed; re-reading the machine before retrying");
-                        pause(ops, cancel).await?;
-                    }
-                    Err(error) => return Err(Stop::failed(error)),
-                }
-            }
-        }
-        Step::Deploy => {
-            let machine = read(ops, &system_id, now() + config.deploy_timeout, cancel).await?;
-            if matches!(machine.status, NodeStatus::Deploying | NodeStatus::Deployed) {
-                return Ok((
-                    OpState::Skipped,
-                    format!("MAAS status {} already; the deploy is not sent again", machine.status.label()),
-                ));
-            }
-            let context = ops
-                .inner
-                .deploy
-                .clone()
-                .ok_or_else(|| Stop::said("this coordinator serves plaintext; deploys need TLS"))?;
-            if let Some(old) = &token_id {
-                // A deploy was intended but MAAS never took it: the old token is useless now.
-                let _ = ops.inner.security.store.revoke_token(old.clone(), Utc::now()).await;
-            }
-            let (record, secret) = crate::enroll::mint_token_by(
-                &ops.inner.security.store,
-                Some(&hostname),
-                context.token_ttl,
-                1,
-                "redeploy",
-            )
+    }
+}
+
+async fn deploy(step: StepContext<'_>) -> Result<(OpState, String), Stop> {
+    let StepContext { ops, shared, index, cancel, system_id, hostname, distro, template, token_id, maas, .. } = step;
+    let config = &ops.inner.config;
+    let now = tokio::time::Instant::now;
+    let machine = read(ops, &system_id, now() + config.deploy_timeout, cancel).await?;
+    if matches!(machine.status, NodeStatus::Deploying | NodeStatus::Deployed) {
+        return Ok((
+            OpState::Skipped,
+            format!("MAAS status {} already; the deploy is not sent again", machine.status.label()),
+        ));
+    }
+    let context =
+        ops.inner.deploy.clone().ok_or_else(|| Stop::said("this coordinator serves plaintext; deploys need TLS"))?;
+    if let Some(old) = &token_id {
+        // A deploy was intended but MAAS never took it: the old token is useless now.
+        let _ = ops.inner.security.store.revoke_token(old.clone(), Utc::now()).await;
+    }
+    let (record, secret) =
+        crate::enroll::mint_token_by(&ops.inner.security.store, Some(&hostname), context.token_ttl, 1, "redeploy")
             .await
             .map_err(|source| Stop::failed(Failure::Store { what: "cannot mint the enrollment token", source }))?;
-            // The only way to replace this machine's identity: the agent enrolling with this token.
-            ops.inner
-                .security
-                .store
-                .bind_token_to_system(record.id.clone(), system_id.clone())
-                .await
-                .map_err(|source| Stop::failed(Failure::Store { what: "cannot bind the enrollment token", source }))?;
-            {
-                // The intent: which token this deploy carries, persisted before MAAS is asked.
+    // The only way to replace this machine's identity: the agent enrolling with this token.
+    ops.inner
+        .security
+        .store
+        .bind_token_to_system(record.id.clone(), system_id.clone())
+        .await
+        .map_err(|source| Stop::failed(Failure::Store { what: "cannot bind the enrollment token", source }))?;
+    {
+        // The intent: which token this deploy carries, persisted before MAAS is asked.
+        let mut op = shared.lock().await;
+        op.machines[index].token_id = Some(record.id.clone());
+        op.machines[index].machine_id = None;
+        persist(ops, &mut op).await;
+    }
+    let values = user_data::Values {
+        coordinator_url: &context.coordinator_url,
+        artifacts_url: &context.artifacts_url,
+        agent_sha256: &context.agent_sha256,
+        ca_pem: &context.ca_pem,
+        token: secret.expose(),
+        hostname: &hostname,
+    };
+    let text = user_data::render(template.as_deref().unwrap_or(user_data::TEMPLATE), &values).map_err(Stop::failed)?;
+    let options = maas::DeployOptions {
+        distro_series: Some(distro.clone()),
+        user_data: Some(text.into_bytes()),
+        comment: Some("metalfleet: redeploy".into()),
+        ..Default::default()
+    };
+    let deployed = maas.deploy(&system_id, &options).await.map_err(Stop::failed)?;
+    Ok((OpState::Succeeded, format!("MAAS status {} ({distro}), token {}", deployed.status.label(), record.id)))
+}
+
+async fn wait_deployed(step: StepContext<'_>) -> Result<(OpState, String), Stop> {
+    let StepContext { ops, cancel, system_id, hostname, .. } = step;
+    let config = &ops.inner.config;
+    let now = tokio::time::Instant::now;
+    let deadline = now() + config.deploy_timeout;
+    loop {
+        let machine = read(ops, &system_id, deadline, cancel).await?;
+        match machine.status {
+            NodeStatus::Deployed => return Ok((OpState::Succeeded, "MAAS status Deployed".into())),
+            status if is_failed(status) => return Err(Stop::said(maas_failure(ops, &machine).await)),
+            NodeStatus::Ready | NodeStatus::Allocated => {
+                return Err(Stop::said(format!(
+                    "MAAS shows {hostname} {} while it should deploy; someone changed it in MAAS",
+                    machine.status.label()
+                )));
+            }
+            _ => {}
+        }
+        if now() >= deadline {
+            return Err(Stop::said(format!("{hostname} did not deploy within {:?}", config.deploy_timeout)));
+        }
+        pause(ops, cancel).await?;
+    }
+}
+
+async fn wait_enrolled(step: StepContext<'_>) -> Result<(OpState, String), Stop> {
+    let StepContext { ops, shared, index, cancel, token_id, .. } = step;
+    let config = &ops.inner.config;
+    let now = tokio::time::Instant::now;
+    let token = token_id.ok_or_else(|| Stop::said("no enrollment token was recorded for this deploy"))?;
+    let deadline = now() + config.enroll_timeout;
+    loop {
+        match ops.inner.store.token_enrollment(&token).await {
+            Ok(Some(machine_id)) => {
                 let mut op = shared.lock().await;
-                op.machines[index].token_id = Some(record.id.clone());
-                op.machines[index].machine_id = None;
-                persist(ops, &mut op).await;
+                op.machines[index].machine_id = Some(machine_id.clone());
+                return Ok((OpState::Succeeded, format!("agent enrolled as machine {machine_id} with token {token}")));
             }
-            let values = user_data::Values {
-                coordinator_url: &context.coordinator_url,
-                artifacts_url: &context.artifacts_url,
-                agent_sha256: &context.agent_sha256,
-                ca_pem: &context.ca_pem,
-                token: secret.expose(),
-                hostname: &hostname,
-            };
-            let text =
-                user_data::render(template.as_deref().unwrap_or(user_data::TEMPLATE), &values).map_err(Stop::failed)?;
-            let options = maas::DeployOptions {
-                distro_series: Some(distro.clone()),
-                user_data: Some(text.into_bytes()),
-                comment: Some("metalfleet: redeploy".into()),
-                ..Default::default()
-            };
-            let deployed = maas.deploy(&system_id, &options).await.map_err(Stop::failed)?;
-            Ok((OpState::Succeeded, format!("MAAS status {} ({distro}), token {}", deployed.status.label(), record.id)))
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot read token enrollments; retrying"),
         }
-        Step::WaitDeployed => {
-            let deadline = now() + config.deploy_timeout;
-            loop {
-                let machine = read(ops, &system_id, deadline, cancel).await?;
-                match machine.status {
-                    NodeStatus::Deployed => return Ok((OpState::Succeeded, "MAAS status Deployed".into())),
-                    status if is_failed(status) => return Err(Stop::said(maas_failure(ops, &machine).await)),
-                    NodeStatus::Ready | NodeStatus::Allocated => {
-                        return Err(Stop::said(format!(
-                            "MAAS shows {hostname} {} while it should deploy; someone changed it in MAAS",
-                            machine.status.label()
-                        )));
-                    }
-                    _ => {}
-                }
-                if now() >= deadline {
-                    return Err(Stop::said(format!("{hostname} did not deploy within {:?}", config.deploy_timeout)));
-                }
-                pause(ops, cancel).await?;
+        if now() >= deadline {
+            return Err(Stop::said(format!(
+                "no agent enrolled with this deploy's token within {:?}; check the machine's cloud-init log",
+                config.enroll_timeout
+            )));
+        }
+        pause(ops, cancel).await?;
+    }
+}
+
+async fn verify(step: StepContext<'_>) -> Result<(OpState, String), Stop> {
+    let StepContext { ops, cancel, system_id, machine_id, .. } = step;
+    let config = &ops.inner.config;
+    let now = tokio::time::Instant::now;
+    let machine_id = machine_id.ok_or_else(|| Stop::said("no enrolled machine to verify"))?;
+    verify_step(ops, &system_id, &machine_id, now() + config.healthy_timeout, cancel).await
+}
+
+async fn wait_healthy(step: StepContext<'_>) -> Result<(OpState, String), Stop> {
+    let StepContext { ops, cancel, machine_id, .. } = step;
+    let config = &ops.inner.config;
+    let now = tokio::time::Instant::now;
+    let machine_id = machine_id.ok_or_else(|| Stop::said("no enrolled machine to check"))?;
+    let deadline = now() + config.healthy_timeout;
+    loop {
+        let view = ops.inner.fleet.machines().into_iter().find(|v| v.machine.id == machine_id);
+        match view.as_ref().map(|v| v.machine.health) {
+            Some(Health::Healthy) => return Ok((OpState::Succeeded, "healthy".into())),
+            health if now() >= deadline => {
+                return Err(Stop::said(format!(
+                    "not healthy within {:?} (health {})",
+                    config.healthy_timeout,
+                    health.map(|h| h.as_str()).unwrap_or("unknown")
+                )));
             }
-        }
-        Step::WaitEnrolled => {
-            let token = token_id.ok_or_else(|| Stop::said("no enrollment token was recorded for this deploy"))?;
-            let deadline = now() + config.enroll_timeout;
-            loop {
-                match ops.inner.store.token_enrollment(&token).await {
-                    Ok(Some(machine_id)) => {
-                        let mut op = shared.lock().await;
-                        op.machines[index].machine_id = Some(machine_id.clone());
-                        return Ok((
-                            OpState::Succeeded,
-                            format!("agent enrolled as machine {machine_id} with token {token}"),
-                        ));
-                    }
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "cannot read token enrollments; retrying"),
-                }
-                if now() >= deadline {
-                    return Err(Stop::said(format!(
-                        "no agent enrolled with this deploy's token within {:?}; check the machine's cloud-init log",
-                        config.enroll_timeout
-                    )));
-                }
-                pause(ops, cancel).await?;
-            }
-        }
-        Step::Verify => {
-            let machine_id = machine_id.ok_or_else(|| Stop::said("no enrolled machine to verify"))?;
-            verify_step(ops, &system_id, &machine_id, now() + config.healthy_timeout, cancel).await
-        }
-        Step::WaitHealthy => {
-            let machine_id = machine_id.ok_or_else(|| Stop::said("no enrolled machine to check"))?;
-            let deadline = now() + config.healthy_timeout;
-            loop {
-                let view = ops.inner.fleet.machines().into_iter().find(|v| v.machine.id == machine_id);
-                match view.as_ref().map(|v| v.machine.health) {
-                    Some(Health::Healthy) => return Ok((OpState::Succeeded, "healthy".into())),
-                    health if now() >= deadline => {
-                        return Err(Stop::said(format!(
-                            "not healthy within {:?} (health {})",
-                            config.healthy_timeout,
-                            health.map(|h| h.as_str()).unwrap_or("unknown")
-                        )));
-                    }
-                    _ => pause(ops, cancel).await?,
-                }
-            }
+            _ => pause(ops, cancel).await?,
         }
     }
 }
