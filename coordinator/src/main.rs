@@ -137,6 +137,8 @@ fn admin_state_dir(flag: Option<PathBuf>) -> PathBuf {
 }
 
 fn main() {
+    // One crypto provider for the whole process (rustls, tonic, reqwest, rcgen); installed once, before any TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {

@@ -2,5 +2,7 @@
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
+    // One crypto provider for the whole process (rustls, tonic, reqwest); installed once, before any TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     router_shim::cli::main()
 }
