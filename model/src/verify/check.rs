@@ -186,7 +186,7 @@ pub struct FieldVerdict {
 }
 
 /// The verdicts on every field: `expected` (the profile, if any) against `commissioned` (the baseline, if any)
-/// and `live` (the agent's inventory, if any).
+/// and `live` (the agent's inventory, if any), one rule per field in [`FIELDS`]' order.
 pub fn check(
     expected: Option<&SpecProfile>,
     commissioned: Option<&Specs>,
@@ -194,10 +194,30 @@ pub fn check(
     tolerances: &Tolerances,
 ) -> Vec<FieldVerdict> {
     let none = SpecProfile::default();
-    let profile = expected.unwrap_or(&none);
+    let input = Inputs { profile: expected.unwrap_or(&none), commissioned, live, tolerances };
     let mut out = Vec::new();
+    for rule in FIELDS {
+        rule(&input, &mut out);
+    }
+    out
+}
 
-    // Logical CPUs: at least the minimum, and exactly as commissioned.
+/// The rules, in the order `fleetctl verify` shows their fields.
+const FIELDS: &[fn(&Inputs<'_>, &mut Vec<FieldVerdict>)] =
+    &[check_logical_cpus, check_memory, check_cpu_model, check_disks, check_nics];
+
+/// What every rule reads.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    profile: &'a SpecProfile,
+    commissioned: Option<&'a Specs>,
+    live: Option<&'a Specs>,
+    tolerances: &'a Tolerances,
+}
+
+/// Logical CPUs: at least the minimum, and exactly as commissioned.
+fn check_logical_cpus(input: &Inputs<'_>, out: &mut Vec<FieldVerdict>) {
+    let Inputs { profile, commissioned, live, .. } = *input;
     let mut field =
         Field::new("logical_cpus", Unit::Count, commissioned, live, |s| Observed::one(s.logical_cpus.into()));
     if let Some(min) = profile.min_logical_cpus {
@@ -217,8 +237,11 @@ pub fn check(
         field.drift(format!("live has {} logical CPUs, commissioned {}", l.logical_cpus, c.logical_cpus));
     }
     out.push(field.finish());
+}
 
-    // Memory: at least the minimum (less the OS's share), and no DIMM gone since commissioning.
+/// Memory: at least the minimum (less the OS's share), and no DIMM gone since commissioning.
+fn check_memory(input: &Inputs<'_>, out: &mut Vec<FieldVerdict>) {
+    let Inputs { profile, commissioned, live, tolerances } = *input;
     let mut field = Field::new("memory", Unit::Bytes, commissioned, live, |s| Observed::one(s.memory_bytes));
     if let Some(min) = profile.min_memory {
         field.expect(format!(">= {}", format_size(min)), Some(min));
@@ -246,8 +269,11 @@ pub fn check(
         }
     }
     out.push(field.finish());
+}
 
-    // CPU model: only when the profile asks; MAAS does not report it, so a baseline without one is fine.
+/// CPU model: only when the profile asks; MAAS does not report it, so a baseline without one is fine.
+fn check_cpu_model(input: &Inputs<'_>, out: &mut Vec<FieldVerdict>) {
+    let Inputs { profile, commissioned, live, .. } = *input;
     if let Some(model) = &profile.cpu_model {
         let mut field = Field::new("cpu_model", Unit::Text, commissioned, live, |s| Observed::text(&s.cpu_model));
         field.expect(format!("contains {model:?}"), None);
@@ -265,8 +291,11 @@ pub fn check(
         }
         out.push(field.finish());
     }
+}
 
-    // Disks: how many, and their sizes (and kinds, where the source knows them).
+/// Disks: how many, and their sizes (and kinds, where the source knows them).
+fn check_disks(input: &Inputs<'_>, out: &mut Vec<FieldVerdict>) {
+    let Inputs { profile, commissioned, live, .. } = *input;
     let needed: u32 = profile.disks.iter().map(|d| d.count).sum();
     let mut count = Field::new("disk_count", Unit::Count, commissioned, live, |s| Observed::one(s.disks.len() as u64));
     let mut sizes =
@@ -314,8 +343,11 @@ pub fn check(
     }
     out.push(count.finish());
     out.push(sizes.finish());
+}
 
-    // NICs: how many physical ones, and none slower than commissioned or than the profile wants.
+/// NICs: how many physical ones, and none slower than commissioned or than the profile wants.
+fn check_nics(input: &Inputs<'_>, out: &mut Vec<FieldVerdict>) {
+    let Inputs { profile, commissioned, live, .. } = *input;
     let mut count = Field::new("nic_count", Unit::Count, commissioned, live, |s| Observed::one(s.nics.len() as u64));
     let mut speeds =
         Field::new("nic_speeds", Unit::Mbps, commissioned, live, |s| Observed::many(sorted_speeds(&s.nics)));
@@ -357,7 +389,6 @@ pub fn check(
     }
     out.push(count.finish());
     out.push(speeds.finish());
-    out
 }
 
 /// The worst verdict of `fields`; `Unknown` for none.
