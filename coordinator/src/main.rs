@@ -168,12 +168,10 @@ fn main() {
             std::process::exit(coordinator::admin::report(result));
         }
         Command::Backup { dir, state_dir } => {
-            let result = coordinator::rotation::backup(&admin_state_dir(state_dir), &dir).map(|()| "backup written");
-            std::process::exit(coordinator::admin::report(result));
+            std::process::exit(coordinator::admin::backup(&admin_state_dir(state_dir), &dir));
         }
         Command::Restore { dir, state_dir } => {
-            let result = coordinator::rotation::restore(&dir, &admin_state_dir(state_dir)).map(|()| "restored");
-            std::process::exit(coordinator::admin::report(result));
+            std::process::exit(coordinator::admin::restore(&dir, &admin_state_dir(state_dir)));
         }
     };
     let overrides = Overrides { listen: args.listen, state_dir: args.state_dir, insecure: args.insecure };

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ::store::StateDir;
 use proto::v1::agent_service_server::AgentServiceServer;
 use proto::v1::fleet_service_server::FleetServiceServer;
 use proto::v1::security_service_server::SecurityServiceServer;
@@ -10,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{OperatorGate, Security};
-use crate::client_config::{self, ClientConfig};
+use crate::client_config::ClientConfig;
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetError, FleetSettings};
 use crate::grpc::agent_service::AgentApi;
@@ -69,8 +70,9 @@ pub enum ServeError {
 /// [`ServeError::StoreMissing`], or the store file cannot be read.
 pub fn guard_store(state_dir: &std::path::Path, new_store: bool) -> Result<(), ServeError> {
     // A coordinator has run here when its CA (TLS) or its client.toml (any mode) exists.
-    let ca = [state_dir.join(pki::CA_CERT), state_dir.join(client_config::FILE_NAME)].into_iter().find(|p| p.exists());
-    let store = state_dir.join(crate::store::sqlite::FILE_NAME);
+    let state = StateDir::new(state_dir);
+    let ca = [state.ca_cert(), state.client_config()].into_iter().find(|p| p.exists());
+    let store = state.database();
     let Some(ca) = ca.filter(|_| !new_store) else {
         return Ok(());
     };
@@ -213,7 +215,7 @@ async fn prepare_inner(
     let security_store = crate::security_store::SecurityStore::open(&config.state_dir)?;
     let security =
         Security::load(security_store, config.enroll.clone(), config.insecure, config.state_dir.clone()).await?;
-    let client_path = config.state_dir.join(client_config::FILE_NAME);
+    let client_path = StateDir::new(&config.state_dir).client_config();
     let mut client = ClientConfig::for_listener(bound, ca_file, config.insecure);
     if !config.insecure {
         // The local admin's credential, so a bare `fleetctl status` on this host works.
@@ -349,7 +351,7 @@ impl Prepared {
     /// The transport failed.
     pub async fn run(self) -> Result<(), ServeError> {
         let Prepared { router, listener, bound, config, stop, fleet_stop, tasks, health, poller, ops } = self;
-        let client_path = config.state_dir.join(client_config::FILE_NAME);
+        let client_path = StateDir::new(&config.state_dir).client_config();
         tracing::info!(addr = %bound, tls = !config.insecure, state_dir = %config.state_dir.display(), client_config = %client_path.display(), "coordinator listening");
         metalfleet_common::readiness::announce(bound);
 
