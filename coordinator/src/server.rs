@@ -411,3 +411,49 @@ impl Prepared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ::store::state_dir::ENTRIES;
+
+    use super::*;
+    use crate::config::Overrides;
+
+    /// Everything a coordinator and its admin commands leave in the state directory is an entry of
+    /// `store::StateDir`, so `coordinator backup` takes it (or says on purpose that it does not).
+    #[tokio::test]
+    async fn every_file_a_running_coordinator_writes_is_known_to_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        let overrides = Overrides { listen: None, state_dir: Some(state.root().to_owned()), insecure: false };
+        let config =
+            Config::from_sources(None, &std::collections::HashMap::<String, String>::new(), &overrides).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stop = CancellationToken::new();
+        let prepared = prepare(listener, config, stop.clone()).await.unwrap();
+        let server = tokio::spawn(prepared.run());
+        let while_running = state.unknown().unwrap();
+
+        // The admin commands that write there, and the lab plan's files.
+        let store = crate::security_store::SecurityStore::open(state.root()).unwrap();
+        crate::operators::add(state.root(), &store, "ops", crate::auth::ROLE_READ_ONLY, true, None).await.unwrap();
+        crate::router_cert::issue(state.root(), &dir.path().join("shim"), &["127.0.0.1".to_string()]).unwrap();
+        crate::rotation::rotate(state.root()).unwrap();
+        let lab =
+            crate::plan::LabFile::parse(std::path::Path::new("lab.toml"), "[maas]\nkernel_opts = \"quiet\"\n").unwrap();
+        crate::plan::store::save(state.root(), &lab).unwrap();
+        let memory = crate::plan::reconcile::Memory { maas_ips: vec!["172.16.0.3".into()], ..Default::default() };
+        memory.save(state.root());
+
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+        assert!(while_running.is_empty(), "unknown to StateDir while running: {while_running:?}");
+        assert_eq!(state.unknown().unwrap(), Vec::<std::path::PathBuf>::new(), "unknown to StateDir");
+        // Every entry that a backup takes was written by one of the above.
+        for entry in ENTRIES.iter().filter(|e| ::store::backup::is_backed_up(e)) {
+            assert!(state.path_of(entry).exists(), "{} ({}) was not written", entry.name, entry.what);
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //!
 //! A backup directory has the layout of a state directory, so restoring is copying back.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -110,6 +111,34 @@ pub fn restore(from: &Path, state: &StateDir) -> Result<Summary, BackupError> {
     Ok(summary)
 }
 
+/// Every table of the database at `path` with its rows (in rowid order, each row's values in column order), and the
+/// schema version: what a backup must hold the same as its source, table by table.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn tables(path: &Path) -> Result<BTreeMap<String, Vec<String>>, BackupError> {
+    let conn = db::connect(path, db::Durability::Normal)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let mut out = BTreeMap::from([("PRAGMA user_version".to_string(), vec![version.to_string()])]);
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for name in names {
+        let mut statement = conn.prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))?;
+        let width = statement.column_count();
+        let rows = statement
+            .query_map([], |row| {
+                let values =
+                    (0..width).map(|i| row.get::<_, rusqlite::types::Value>(i)).collect::<Result<Vec<_>, _>>()?;
+                Ok(format!("{values:?}"))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        out.insert(name, rows);
+    }
+    Ok(out)
+}
+
 /// Whether `entry` is in a backup's own bookkeeping: what [`backup`] writes for it.
 pub fn is_backed_up(entry: &Entry) -> bool {
     matches!(entry.backup, Backup::Database | Backup::Copy { .. } | Backup::Tree)
@@ -201,6 +230,9 @@ mod tests {
         assert_eq!(mode(&restored.operator("admin").join("admin.key")), 0o600);
         assert_eq!(mode(&restored.router_client_key()), 0o600);
         assert!(crate::SqliteStore::has_schema(restored.root()).unwrap());
+        let tables = tables(&restored.database()).unwrap();
+        assert_eq!(tables, super::tables(&state.database()).unwrap());
+        assert_eq!(tables.len(), crate::schema::TABLES.len() + 2, "every table, sqlite_sequence and the version");
         assert!(matches!(restore(&dir.path().join("backup"), &restored), Err(BackupError::NotEmpty(_))));
         assert!(matches!(
             restore(&dir.path().join("nothing"), &StateDir::new(dir.path().join("x"))),
