@@ -38,7 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: RouterCertCommand,
     },
-    /// Copy the store (online, consistent), the CA, keys and certificates into DIR while the server runs.
+    /// Copy every file the coordinator keeps into DIR while the server runs: the store online (consistent), the
+    /// rest (CA, keys, certificates, operators, router client, lab plan files) with their modes.
     Backup {
         dir: PathBuf,
         /// The coordinator's state directory [env: METALFLEET_STATE_DIR].
