@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ::store::StateDir;
 use metalfleet_common::exit;
 
 use crate::operators::{self, OperatorError};
@@ -17,7 +18,7 @@ pub fn operators_add(state_dir: &Path, name: &str, role: &str, bearer: bool, out
             return exit::UNAVAILABLE;
         }
     };
-    if !state_dir.join(crate::pki::CA_KEY).exists() {
+    if !StateDir::new(state_dir).ca_key().exists() {
         eprintln!(
             "error: no CA in {}; start `coordinator serve --state-dir {}` once first, or pass --state-dir",
             state_dir.display(),
@@ -64,7 +65,7 @@ pub fn router_cert_issue(state_dir: &Path, out: &Path, sans: &[String]) -> i32 {
         eprintln!("error: {error}");
         return exit::USAGE;
     }
-    if !state_dir.join(crate::pki::CA_KEY).exists() {
+    if !StateDir::new(state_dir).ca_key().exists() {
         eprintln!(
             "error: no CA in {}; start `coordinator serve --state-dir {}` once first, or pass --state-dir",
             state_dir.display(),
@@ -97,13 +98,18 @@ pub fn router_cert_issue(state_dir: &Path, out: &Path, sans: &[String]) -> i32 {
 
 /// Prints the outcome of an admin command; returns the exit code.
 pub fn report(result: Result<&str, crate::rotation::RotationError>) -> i32 {
+    use ::store::backup::BackupError;
+
     use crate::rotation::RotationError;
     match result {
         Ok(message) => {
             println!("{message}");
             exit::OK
         }
-        Err(error @ (RotationError::NoCa(_) | RotationError::NotEmpty(_) | RotationError::NotABackup(_))) => {
+        Err(
+            error @ (RotationError::NoCa(_)
+            | RotationError::Backup(BackupError::NotEmpty(_) | BackupError::NotABackup(_))),
+        ) => {
             eprintln!("error: {error}");
             exit::USAGE
         }
@@ -111,5 +117,24 @@ pub fn report(result: Result<&str, crate::rotation::RotationError>) -> i32 {
             eprintln!("error: {error}");
             1
         }
+    }
+}
+
+/// `coordinator backup DIR`: every file of the state directory as `store::StateDir` lists it; what it does not
+/// list is named on stderr (not backed up). Returns the exit code.
+pub fn backup(state_dir: &Path, dest: &Path) -> i32 {
+    let result = crate::rotation::backup(state_dir, dest).map(|summary| warn_unknown("backed up", &summary));
+    report(result.map(|()| "backup written"))
+}
+
+/// `coordinator restore DIR --state-dir NEW`. Returns the exit code.
+pub fn restore(from: &Path, state_dir: &Path) -> i32 {
+    let result = crate::rotation::restore(from, state_dir).map(|summary| warn_unknown("restored", &summary));
+    report(result.map(|()| "restored"))
+}
+
+fn warn_unknown(done: &str, summary: &::store::backup::Summary) {
+    for path in &summary.unknown {
+        eprintln!("warning: {} is not a file the coordinator keeps; not {done}", path.display());
     }
 }

@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`config`]: `coordinator serve`'s configuration (file, `METALFLEET_*`, flags).
 //! - [`domain`]: the coordinator's own types (machines, samples, events, health).
-//! - [`store`]: the one storage interface ([`store::Store`]) and its SQLite implementation.
+//! - [`store`]: the `metalfleet-store` crate's traits and SQLite store, re-exported (that crate also owns the state
+//!   directory's files, `::store::StateDir`, and backup/restore).
 //! - [`health`]: the health rules as pure functions.
 //! - [`fleet`]: the live fleet state, the batching writer, the event and evaluator tasks.
 //! - [`grpc`]: AgentService and FleetService, the operator client, and `grpc::convert`, the

@@ -38,7 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: RouterCertCommand,
     },
-    /// Copy the store (online, consistent), the CA, keys and certificates into DIR while the server runs.
+    /// Copy every file the coordinator keeps into DIR while the server runs: the store online (consistent), the
+    /// rest (CA, keys, certificates, operators, router client, lab plan files) with their modes.
     Backup {
         dir: PathBuf,
         /// The coordinator's state directory [env: METALFLEET_STATE_DIR].
@@ -170,12 +171,10 @@ fn main() {
             std::process::exit(coordinator::admin::report(result));
         }
         Command::Backup { dir, state_dir } => {
-            let result = coordinator::rotation::backup(&admin_state_dir(state_dir), &dir).map(|()| "backup written");
-            std::process::exit(coordinator::admin::report(result));
+            std::process::exit(coordinator::admin::backup(&admin_state_dir(state_dir), &dir));
         }
         Command::Restore { dir, state_dir } => {
-            let result = coordinator::rotation::restore(&dir, &admin_state_dir(state_dir)).map(|()| "restored");
-            std::process::exit(coordinator::admin::report(result));
+            std::process::exit(coordinator::admin::restore(&dir, &admin_state_dir(state_dir)));
         }
     };
     let overrides = Overrides { listen: args.listen, state_dir: args.state_dir, insecure: args.insecure };

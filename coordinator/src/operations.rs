@@ -5,7 +5,7 @@
 //! - this file: the records ([`Operation`], [`MachineOp`], [`StepRecord`]), the `[operations]` config and
 //!   [`Operations`], the engine the gRPC service calls (start, list, get, watch, cancel, power, forget).
 //! - [`runner`]: one machine's steps, each deciding from MAAS's current status what is left to do.
-//! - [`store`]: the operations tables and the token → machine enrollment record.
+//! - [`store`]: the operations tables and the token → machine enrollment record (in the `metalfleet-store` crate).
 //! - [`user_data`]: the cloud-init user data that installs the agent.
 //!
 //! Invariants: an operation is persisted before every MAAS call that changes a machine (the step's intent), and
@@ -13,8 +13,10 @@
 //! at most one unfinished operation.
 
 pub mod runner;
-pub mod store;
 pub mod user_data;
+
+/// The operations tables live in the `metalfleet-store` crate.
+pub use ::store::operations as store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -33,8 +35,8 @@ use crate::maas;
 use crate::store::StoreError;
 use crate::verify::{Tolerances, VerifySources};
 
+pub use ::store::OperationsStore;
 pub use model::operations::{MachineOp, OpState, Operation, Planned, PowerAction, RedeployRequest, Step, StepRecord};
-pub use store::OperationsStore;
 
 /// The `[operations]` table of the coordinator's config.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

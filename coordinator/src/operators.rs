@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ::store::StateDir;
 use rand::RngCore;
 
 use crate::auth::{ROLE_ADMIN, ROLE_READ_ONLY};
@@ -84,7 +85,8 @@ pub async fn add(
     if role != ROLE_ADMIN && role != ROLE_READ_ONLY {
         return Err(OperatorError::BadRole(role.to_string()));
     }
-    let dir = dir.unwrap_or_else(|| state_dir.join("operators").join(name));
+    let state = StateDir::new(state_dir);
+    let dir = dir.unwrap_or_else(|| state.operator(name));
     std::fs::create_dir_all(&dir).map_err(|source| OperatorError::Write { path: dir.clone(), source })?;
     let (ca_pem, ca_key) = enroll::load_ca(state_dir)?;
     let uri = format!("{OPERATOR_URI}{name}");
@@ -103,10 +105,10 @@ pub async fn add(
     store.put_operator(record, token_hash, chrono::Utc::now()).await?;
 
     // The operator's client.toml: where the coordinator is (from the server's own file, when written).
-    let server_client = ClientConfig::load(&state_dir.join(client_config::FILE_NAME)).ok();
+    let server_client = ClientConfig::load(&state.client_config()).ok();
     let mut client = ClientConfig {
         coordinator: server_client.as_ref().map_or_else(|| "https://127.0.0.1:7443".into(), |c| c.coordinator.clone()),
-        ca_file: Some(state_dir.join(crate::pki::CA_CERT)),
+        ca_file: Some(state.ca_cert()),
         insecure: false,
         cert_file: Some(cert_file.clone()),
         key_file: Some(key_file.clone()),
@@ -135,7 +137,7 @@ pub struct LocalAdmin {
 /// # Errors
 /// As [`add`].
 pub async fn ensure_local_admin(state_dir: &Path, store: &SecurityStore) -> Result<LocalAdmin, OperatorError> {
-    let dir = state_dir.join("operators").join(LOCAL_ADMIN);
+    let dir = StateDir::new(state_dir).operator(LOCAL_ADMIN);
     let cert_file = dir.join(format!("{LOCAL_ADMIN}.pem"));
     let key_file = dir.join(format!("{LOCAL_ADMIN}.key"));
     let existing = store.operator(LOCAL_ADMIN.to_string()).await?;

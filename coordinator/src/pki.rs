@@ -1,6 +1,7 @@
 //! The coordinator's private CA and server certificate, created at first start and reused after.
 //!
-//! Files in the state directory: `ca.pem`, `ca.key` (0600), `server.pem`, `server.key` (0600).
+//! Files in the state directory (named by `store::StateDir`): `ca.pem`, `ca.key` (0600), `server.pem`,
+//! `server.key` (0600).
 //! Keys are ECDSA P-256. Delete `server.pem` to have the server certificate issued again (for
 //! example after changing `tls.extra_sans`); deleting `ca.key` makes a new CA, which every client
 //! then has to be given again. The security issue extends this module with client certificates.
@@ -9,15 +10,14 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ::store::StateDir;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 
-pub const CA_CERT: &str = "ca.pem";
-pub const CA_KEY: &str = "ca.key";
-pub const SERVER_CERT: &str = "server.pem";
-pub const SERVER_KEY: &str = "server.key";
+/// The file names; `store::StateDir` owns them.
+pub use ::store::state_dir::names::{CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY};
 
 /// Why the certificates could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +53,8 @@ pub struct ServerPki {
 /// # Errors
 /// A file cannot be read or written, or a stored certificate or key cannot be parsed.
 pub fn ensure(state_dir: &Path, extra_sans: &[String]) -> Result<ServerPki, PkiError> {
-    let ca_path = state_dir.join(CA_CERT);
-    let ca_key_path = state_dir.join(CA_KEY);
+    let state = StateDir::new(state_dir);
+    let (ca_path, ca_key_path) = (state.ca_cert(), state.ca_key());
     let (ca_pem, ca_key_pem, created_ca) = if ca_path.exists() && ca_key_path.exists() {
         (read(&ca_path)?, read(&ca_key_path)?, false)
     } else {
@@ -65,8 +65,7 @@ pub fn ensure(state_dir: &Path, extra_sans: &[String]) -> Result<ServerPki, PkiE
         (cert, key, true)
     };
 
-    let cert_path = state_dir.join(SERVER_CERT);
-    let key_path = state_dir.join(SERVER_KEY);
+    let (cert_path, key_path) = (state.server_cert(), state.server_key());
     let (cert_pem, key_pem) = if !created_ca && cert_path.exists() && key_path.exists() {
         (read(&cert_path)?, read(&key_path)?)
     } else {
@@ -249,8 +248,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = ensure(dir.path(), &["coordinator.lab".to_string()]).unwrap();
         assert!(first.created_ca);
-        assert_eq!(mode(&dir.path().join(CA_KEY)), 0o600);
-        assert_eq!(mode(&dir.path().join(SERVER_KEY)), 0o600);
+        let state = StateDir::new(dir.path());
+        assert_eq!(mode(&state.ca_key()), 0o600);
+        assert_eq!(mode(&state.server_key()), 0o600);
         assert!(first.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
 
         let second = ensure(dir.path(), &[]).unwrap();

@@ -1,4 +1,4 @@
-//! CA rotation without re-enrolling every agent, and backup/restore of the state directory.
+//! CA rotation without re-enrolling every agent; `coordinator backup` and `restore` (done by `store::backup`).
 //!
 //! Rotation has two steps, each taking effect at the coordinator's next start:
 //! - `coordinator ca rotate` makes a new CA, `ca-next.pem`/`ca-next.key`. From then on client
@@ -14,10 +14,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::pki::{self, CA_CERT, CA_KEY, PkiError, SERVER_CERT, SERVER_KEY};
+use ::store::StateDir;
+use ::store::backup::{BackupError, Summary};
 
-pub const NEXT_CA_CERT: &str = "ca-next.pem";
-pub const NEXT_CA_KEY: &str = "ca-next.key";
+use crate::pki::{self, PkiError};
+
+/// The file names; `store::StateDir` owns them.
+pub use ::store::state_dir::names::{NEXT_CA_CERT, NEXT_CA_KEY};
 
 /// Why a rotation, backup or restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +40,8 @@ pub enum RotationError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the store backup failed: {0}; check the destination's space and permissions")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("{} is not empty; restore into a fresh state directory", .0.display())]
-    NotEmpty(PathBuf),
-    #[error("{} holds no coordinator.db; is it a backup made by `coordinator backup`?", .0.display())]
-    NotABackup(PathBuf),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RotationError + 'a {
@@ -58,21 +57,22 @@ fn read(path: &Path) -> Result<String, RotationError> {
 /// # Errors
 /// No CA yet, a rotation already under way, or a file cannot be written.
 pub fn rotate(state_dir: &Path) -> Result<(), RotationError> {
-    if !state_dir.join(CA_CERT).exists() || !state_dir.join(CA_KEY).exists() {
+    let state = StateDir::new(state_dir);
+    if !state.ca_cert().exists() || !state.ca_key().exists() {
         return Err(RotationError::NoCa(state_dir.to_owned()));
     }
-    if state_dir.join(NEXT_CA_CERT).exists() {
+    if state.next_ca_cert().exists() {
         return Err(RotationError::InProgress);
     }
     // A fresh directory makes a fresh CA; take it from there.
-    let scratch = state_dir.join(format!(".rotate-{}", std::process::id()));
+    let scratch = state.rotate_scratch(std::process::id());
     std::fs::create_dir_all(&scratch).map_err(io("create", &scratch))?;
     let fresh = pki::ensure(&scratch, &[]);
-    let key = read(&scratch.join(CA_KEY));
+    let key = read(&StateDir::new(&scratch).ca_key());
     let _ = std::fs::remove_dir_all(&scratch);
     let (fresh, key) = (fresh?, key?);
-    pki::write_secret(&state_dir.join(NEXT_CA_KEY), &key)?;
-    std::fs::write(state_dir.join(NEXT_CA_CERT), &fresh.ca_pem).map_err(io("write", &state_dir.join(NEXT_CA_CERT)))?;
+    pki::write_secret(&state.next_ca_key(), &key)?;
+    std::fs::write(state.next_ca_cert(), &fresh.ca_pem).map_err(io("write", &state.next_ca_cert()))?;
     Ok(())
 }
 
@@ -81,13 +81,14 @@ pub fn rotate(state_dir: &Path) -> Result<(), RotationError> {
 /// # Errors
 /// No rotation under way, or a file cannot be written.
 pub fn retire_old(state_dir: &Path) -> Result<(), RotationError> {
-    let (next, next_key) = (state_dir.join(NEXT_CA_CERT), state_dir.join(NEXT_CA_KEY));
+    let state = StateDir::new(state_dir);
+    let (next, next_key) = (state.next_ca_cert(), state.next_ca_key());
     if !next.exists() {
         return Err(RotationError::NothingToRetire(state_dir.to_owned()));
     }
-    pki::write_secret(&state_dir.join(CA_KEY), &read(&next_key)?)?;
-    std::fs::write(state_dir.join(CA_CERT), read(&next)?).map_err(io("write", &state_dir.join(CA_CERT)))?;
-    for path in [next, next_key, state_dir.join(SERVER_CERT), state_dir.join(SERVER_KEY)] {
+    pki::write_secret(&state.ca_key(), &read(&next_key)?)?;
+    std::fs::write(state.ca_cert(), read(&next)?).map_err(io("write", &state.ca_cert()))?;
+    for path in [next, next_key, state.server_cert(), state.server_key()] {
         std::fs::remove_file(&path).map_err(io("remove", &path))?;
     }
     Ok(())
@@ -95,8 +96,9 @@ pub fn retire_old(state_dir: &Path) -> Result<(), RotationError> {
 
 /// The CA that signs client certificates: the new one during a rotation.
 pub fn signing_ca_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
-    let next = state_dir.join(NEXT_CA_CERT);
-    if next.exists() { (next, state_dir.join(NEXT_CA_KEY)) } else { (state_dir.join(CA_CERT), state_dir.join(CA_KEY)) }
+    let state = StateDir::new(state_dir);
+    let next = state.next_ca_cert();
+    if next.exists() { (next, state.next_ca_key()) } else { (state.ca_cert(), state.ca_key()) }
 }
 
 /// Every CA to trust: the current one, and the new one during a rotation.
@@ -104,92 +106,28 @@ pub fn signing_ca_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
 /// # Errors
 /// The CA cannot be read.
 pub fn trust_bundle(state_dir: &Path) -> Result<String, RotationError> {
-    let mut bundle = read(&state_dir.join(CA_CERT))?;
-    if let Ok(next) = std::fs::read_to_string(state_dir.join(NEXT_CA_CERT)) {
+    let state = StateDir::new(state_dir);
+    let mut bundle = read(&state.ca_cert())?;
+    if let Ok(next) = std::fs::read_to_string(state.next_ca_cert()) {
         bundle.push_str(&next);
     }
     Ok(bundle)
 }
 
-/// The files of a state directory a backup holds besides the store.
-const STATE_FILES: &[&str] =
-    &[CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, NEXT_CA_CERT, NEXT_CA_KEY, crate::client_config::FILE_NAME];
-
-/// Copies the store (SQLite online backup: consistent while the server writes), the CA, the keys,
-/// the certificates and the operators' credentials into `dest` (created, mode 0700).
+/// `coordinator backup`: every file `store::StateDir` lists, as it says (see `store::backup`).
 ///
 /// # Errors
 /// A file cannot be read or written, or the SQLite backup fails.
-pub fn backup(state_dir: &Path, dest: &Path) -> Result<(), RotationError> {
-    use std::os::unix::fs::PermissionsExt;
-    let db = state_dir.join(crate::store::sqlite::FILE_NAME);
-    if !db.exists() {
-        return Err(RotationError::NotABackup(state_dir.to_owned()));
-    }
-    std::fs::create_dir_all(dest).map_err(io("create", dest))?;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", dest))?;
-    let source = rusqlite::Connection::open(&db)?;
-    source.busy_timeout(std::time::Duration::from_secs(5))?;
-    source.backup(
-        rusqlite::MAIN_DB,
-        dest.join(crate::store::sqlite::FILE_NAME),
-        None::<fn(rusqlite::backup::Progress)>,
-    )?;
-    copy_files(state_dir, dest)
+pub fn backup(state_dir: &Path, dest: &Path) -> Result<Summary, RotationError> {
+    Ok(::store::backup::backup(&StateDir::new(state_dir), dest)?)
 }
 
-/// Restores a backup into `state_dir`, which must be empty or absent.
+/// `coordinator restore`: a backup into `state_dir`, which must be empty or absent.
 ///
 /// # Errors
 /// `state_dir` is not empty, `from` is not a backup, or a copy fails.
-pub fn restore(from: &Path, state_dir: &Path) -> Result<(), RotationError> {
-    if !from.join(crate::store::sqlite::FILE_NAME).exists() {
-        return Err(RotationError::NotABackup(from.to_owned()));
-    }
-    if state_dir.exists() && std::fs::read_dir(state_dir).map_err(io("read", state_dir))?.next().is_some() {
-        return Err(RotationError::NotEmpty(state_dir.to_owned()));
-    }
-    std::fs::create_dir_all(state_dir).map_err(io("create", state_dir))?;
-    let db = from.join(crate::store::sqlite::FILE_NAME);
-    let target = state_dir.join(crate::store::sqlite::FILE_NAME);
-    std::fs::copy(&db, &target).map_err(io("copy", &db))?;
-    copy_files(from, state_dir)
-}
-
-fn copy_files(from: &Path, to: &Path) -> Result<(), RotationError> {
-    for name in STATE_FILES {
-        let source = from.join(name);
-        if source.exists() {
-            copy_keeping_mode(&source, &to.join(name))?;
-        }
-    }
-    let operators = from.join("operators");
-    if let Ok(entries) = std::fs::read_dir(&operators) {
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            let target = to.join("operators").join(entry.file_name());
-            std::fs::create_dir_all(&target).map_err(io("create", &target))?;
-            for file in std::fs::read_dir(&dir).map_err(io("read", &dir))?.flatten() {
-                copy_keeping_mode(&file.path(), &target.join(file.file_name()))?;
-            }
-        }
-    }
-    // The coordinator's client credential for router shims (`coordinator router-cert issue`).
-    let router_client = from.join(crate::router_cert::CLIENT_DIR);
-    if let Ok(entries) = std::fs::read_dir(&router_client) {
-        let target = to.join(crate::router_cert::CLIENT_DIR);
-        std::fs::create_dir_all(&target).map_err(io("create", &target))?;
-        for file in entries.flatten() {
-            copy_keeping_mode(&file.path(), &target.join(file.file_name()))?;
-        }
-    }
-    Ok(())
-}
-
-fn copy_keeping_mode(from: &Path, to: &Path) -> Result<(), RotationError> {
-    // std::fs::copy copies the permission bits too, so keys stay 0600.
-    std::fs::copy(from, to).map_err(io("copy", from))?;
-    Ok(())
+pub fn restore(from: &Path, state_dir: &Path) -> Result<Summary, RotationError> {
+    Ok(::store::backup::restore(from, &StateDir::new(state_dir))?)
 }
 
 #[cfg(test)]
@@ -200,16 +138,17 @@ mod tests {
     fn rotation_signs_with_the_new_ca_trusts_both_then_retires_the_old() {
         let dir = tempfile::tempdir().unwrap();
         let first = pki::ensure(dir.path(), &[]).unwrap();
-        assert_eq!(signing_ca_paths(dir.path()).0, dir.path().join(CA_CERT));
+        let state = StateDir::new(dir.path());
+        assert_eq!(signing_ca_paths(dir.path()).0, state.ca_cert());
         rotate(dir.path()).unwrap();
         assert!(matches!(rotate(dir.path()), Err(RotationError::InProgress)));
-        assert_eq!(signing_ca_paths(dir.path()).0, dir.path().join(NEXT_CA_CERT));
+        assert_eq!(signing_ca_paths(dir.path()).0, state.next_ca_cert());
         let bundle = trust_bundle(dir.path()).unwrap();
         assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
         assert!(bundle.starts_with(&first.ca_pem), "the old CA is still trusted");
         let during = pki::ensure(dir.path(), &[]).unwrap();
         assert_eq!(during.cert_pem, first.cert_pem, "the server keeps its certificate during the rotation");
-        let next = std::fs::read_to_string(dir.path().join(NEXT_CA_CERT)).unwrap();
+        let next = std::fs::read_to_string(state.next_ca_cert()).unwrap();
         retire_old(dir.path()).unwrap();
         let after = pki::ensure(dir.path(), &[]).unwrap();
         assert_eq!(after.ca_pem, next);
@@ -230,11 +169,15 @@ mod tests {
         let restored = dir.path().join("restored");
         restore(&dir.path().join("backup"), &restored).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(restored.join(CA_KEY)).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read(restored.join(CA_CERT)).unwrap(), std::fs::read(state.join(CA_CERT)).unwrap());
-        let router_key = restored.join(crate::router_cert::CLIENT_DIR).join(crate::router_cert::CLIENT_KEY);
+        let (from, to) = (StateDir::new(&state), StateDir::new(&restored));
+        assert_eq!(std::fs::metadata(to.ca_key()).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(to.ca_cert()).unwrap(), std::fs::read(from.ca_cert()).unwrap());
+        let router_key = to.router_client_key();
         assert_eq!(std::fs::metadata(router_key).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(crate::router_cert::client_identity(&restored, None, None).unwrap().is_some());
-        assert!(matches!(restore(&dir.path().join("backup"), &restored), Err(RotationError::NotEmpty(_))));
+        assert!(matches!(
+            restore(&dir.path().join("backup"), &restored),
+            Err(RotationError::Backup(BackupError::NotEmpty(_)))
+        ));
     }
 }

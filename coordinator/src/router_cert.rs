@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ::store::StateDir;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -20,12 +21,11 @@ use rcgen::{
 use crate::enroll::{self, IssueError};
 use crate::secret::{self, Secret, SecretFileError};
 
-/// The folder under the state directory holding the coordinator's client credential for shims.
-pub const CLIENT_DIR: &str = "router-client";
-/// The coordinator's client certificate for shims, under [`CLIENT_DIR`].
-pub const CLIENT_CERT: &str = "client.pem";
-/// Its key (0600), under [`CLIENT_DIR`].
-pub const CLIENT_KEY: &str = "client.key";
+/// The folder under the state directory holding the coordinator's client credential for shims, and its
+/// certificate and key (0600) in it; `store::StateDir` owns the names.
+pub use ::store::state_dir::names::{
+    ROUTER_CLIENT as CLIENT_DIR, ROUTER_CLIENT_CERT as CLIENT_CERT, ROUTER_CLIENT_KEY as CLIENT_KEY,
+};
 /// The SAN URI naming the coordinator as a shim's client.
 pub const CLIENT_URI: &str = "metalfleet:coordinator:router-client";
 /// Shim and client certificates are valid this long; run `router-cert issue` again to replace them.
@@ -113,7 +113,8 @@ pub fn issue(state_dir: &Path, out: &Path, sans: &[String]) -> Result<Issued, Ro
     )?;
     let bundle = crate::rotation::trust_bundle(state_dir).map_err(|e| IssueError::Ca(e.to_string()))?;
 
-    let client_dir = state_dir.join(CLIENT_DIR);
+    let state = StateDir::new(state_dir);
+    let client_dir = state.router_client();
     for dir in [out, client_dir.as_path()] {
         std::fs::create_dir_all(dir)
             .map_err(|e| RouterCertError::Write { path: dir.to_owned(), message: e.to_string() })?;
@@ -122,8 +123,8 @@ pub fn issue(state_dir: &Path, out: &Path, sans: &[String]) -> Result<Issued, Ro
         shim_cert: absolute(&out.join(SHIM_CERT)),
         shim_key: absolute(&out.join(SHIM_KEY)),
         shim_ca: absolute(&out.join(SHIM_CA)),
-        client_cert: client_dir.join(CLIENT_CERT),
-        client_key: client_dir.join(CLIENT_KEY),
+        client_cert: state.router_client_cert(),
+        client_key: state.router_client_key(),
     };
     write(&issued.shim_key, server_key.expose(), true)?;
     write(&issued.shim_cert, &server_pem, false)?;
@@ -148,7 +149,10 @@ pub fn client_identity(
         (Some(_), None) | (None, Some(_)) => {
             return Err(RouterCertError::Missing(cert.or(key).expect("one is set").to_owned()));
         }
-        (None, None) => (state_dir.join(CLIENT_DIR).join(CLIENT_CERT), state_dir.join(CLIENT_DIR).join(CLIENT_KEY)),
+        (None, None) => {
+            let state = StateDir::new(state_dir);
+            (state.router_client_cert(), state.router_client_key())
+        }
     };
     match (cert.exists(), key.exists()) {
         (false, false) => Ok(None),
@@ -229,7 +233,7 @@ mod tests {
         assert!(toml.contains(&format!("tls_ca = \"{}\"", issued.shim_ca.display())), "{toml}");
         assert_eq!(
             std::fs::read_to_string(&issued.shim_ca).unwrap(),
-            std::fs::read_to_string(state.join("ca.pem")).unwrap()
+            std::fs::read_to_string(StateDir::new(&state).ca_cert()).unwrap()
         );
 
         let identity = client_identity(&state, None, None).unwrap().expect("found in the state directory");

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ::store::StateDir;
 use proto::v1::agent_service_server::AgentServiceServer;
 use proto::v1::fleet_service_server::FleetServiceServer;
 use proto::v1::security_service_server::SecurityServiceServer;
@@ -10,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Security;
-use crate::client_config::{self, ClientConfig};
+use crate::client_config::ClientConfig;
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetError, FleetSettings};
 use crate::grpc::agent_service::AgentApi;
@@ -70,8 +71,9 @@ pub enum ServeError {
 /// [`ServeError::StoreMissing`], or the store file cannot be read.
 pub fn guard_store(state_dir: &std::path::Path, new_store: bool) -> Result<(), ServeError> {
     // A coordinator has run here when its CA (TLS) or its client.toml (any mode) exists.
-    let ca = [state_dir.join(pki::CA_CERT), state_dir.join(client_config::FILE_NAME)].into_iter().find(|p| p.exists());
-    let store = state_dir.join(crate::store::sqlite::FILE_NAME);
+    let state = StateDir::new(state_dir);
+    let ca = [state.ca_cert(), state.client_config()].into_iter().find(|p| p.exists());
+    let store = state.database();
     let Some(ca) = ca.filter(|_| !new_store) else {
         return Ok(());
     };
@@ -217,7 +219,7 @@ async fn prepare_inner(
     let security_store = crate::security_store::SecurityStore::open(&config.state_dir)?;
     let security =
         Security::load(security_store, config.enroll.clone(), config.insecure, config.state_dir.clone()).await?;
-    let client_path = config.state_dir.join(client_config::FILE_NAME);
+    let client_path = StateDir::new(&config.state_dir).client_config();
     let mut client = ClientConfig::for_listener(bound, ca_file, config.insecure);
     if !config.insecure {
         // The local admin's credential, so a bare `fleetctl status` on this host works.
@@ -419,7 +421,7 @@ impl Prepared {
     /// The transport failed.
     pub async fn run(self) -> Result<(), ServeError> {
         let Prepared { router, listener, bound, config, stop, fleet_stop, tasks, health, poller, ops } = self;
-        let client_path = config.state_dir.join(client_config::FILE_NAME);
+        let client_path = StateDir::new(&config.state_dir).client_config();
         tracing::info!(addr = %bound, tls = !config.insecure, state_dir = %config.state_dir.display(), client_config = %client_path.display(), "coordinator listening");
         metalfleet_common::readiness::announce(bound);
 
@@ -476,6 +478,52 @@ impl Prepared {
         match result {
             Ok(outcome) => Ok(outcome?),
             Err(join) => Err(ServeError::Listener(std::io::Error::other(join.to_string()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ::store::state_dir::ENTRIES;
+
+    use super::*;
+    use crate::config::Overrides;
+
+    /// Everything a coordinator and its admin commands leave in the state directory is an entry of
+    /// `store::StateDir`, so `coordinator backup` takes it (or says on purpose that it does not).
+    #[tokio::test]
+    async fn every_file_a_running_coordinator_writes_is_known_to_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        let overrides = Overrides { listen: None, state_dir: Some(state.root().to_owned()), insecure: false };
+        let config =
+            Config::from_sources(None, &std::collections::HashMap::<String, String>::new(), &overrides).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stop = CancellationToken::new();
+        let prepared = prepare(listener, config, stop.clone()).await.unwrap();
+        let server = tokio::spawn(prepared.run());
+        let while_running = state.unknown().unwrap();
+
+        // The admin commands that write there, and the lab plan's files.
+        let store = crate::security_store::SecurityStore::open(state.root()).unwrap();
+        crate::operators::add(state.root(), &store, "ops", crate::auth::ROLE_READ_ONLY, true, None).await.unwrap();
+        crate::router_cert::issue(state.root(), &dir.path().join("shim"), &["127.0.0.1".to_string()]).unwrap();
+        crate::rotation::rotate(state.root()).unwrap();
+        let lab =
+            crate::plan::LabFile::parse(std::path::Path::new("lab.toml"), "[maas]\nkernel_opts = \"quiet\"\n").unwrap();
+        crate::plan::store::save(state.root(), &lab).unwrap();
+        let memory = crate::plan::reconcile::Memory { maas_ips: vec!["172.16.0.3".into()], ..Default::default() };
+        memory.save(state.root());
+
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+        assert!(while_running.is_empty(), "unknown to StateDir while running: {while_running:?}");
+        assert_eq!(state.unknown().unwrap(), Vec::<std::path::PathBuf>::new(), "unknown to StateDir");
+        // Every entry that a backup takes was written by one of the above.
+        for entry in ENTRIES.iter().filter(|e| ::store::backup::is_backed_up(e)) {
+            assert!(state.path_of(entry).exists(), "{} ({}) was not written", entry.name, entry.what);
         }
     }
 }

@@ -1,122 +1,14 @@
-//! The one interface to the coordinator's state, so another backend (PostgreSQL) can come later.
-//!
-//! Callers hold an `Arc<dyn Store>`. The SQLite implementation lives in [`sqlite`].
+//! The store lives in the `metalfleet-store` crate (lib `store`): the traits, SQLite, every table and migration,
+//! and the state directory's files. `crate::store::...` keeps naming what the coordinator used from here.
 
-pub mod maas;
-pub mod sqlite;
+pub use ::store::{Enrolled, MaasStore, SampleWrite, SqliteStore, Store, StoreError, Takeover};
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-
-use crate::domain::{Enrollment, Event, Health, Inventory, Machine, NewEvent, Sample};
-
-pub use maas::MaasStore;
-pub use sqlite::SqliteStore;
-
-/// Why a store call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the store at {path}: {source}; check that the state directory exists and is writable")]
-    Open {
-        path: std::path::PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("store query failed: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("stored data is unreadable ({0}); the store may be corrupt or from a newer version")]
-    Corrupt(String),
-    #[error("machine {0} is not in the store")]
-    NoSuchMachine(String),
-    #[error(
-        "the store file {path} is gone from under the running coordinator ({why}); nothing more is written to it: restore it from a backup (`coordinator restore`) and restart"
-    )]
-    FileGone { path: std::path::PathBuf, why: String },
-    #[error(
-        "the hostname {hostname} is already enrolled as machine {machine_id}; host names are unique in the fleet: rename this host, or `fleetctl machines forget {hostname}` first, or redeploy it so its new agent takes the name over"
-    )]
-    HostnameTaken { hostname: String, machine_id: String },
-    #[error("the store's worker stopped: {0}")]
-    Worker(String),
+/// The MAAS poller's store.
+pub mod maas {
+    pub use ::store::MaasStore;
 }
 
-/// One heartbeat's worth of writes: new samples plus the machine's liveness.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SampleWrite {
-    pub machine_id: String,
-    /// Oldest first.
-    pub samples: Vec<Sample>,
-    /// When the heartbeat arrived, on the coordinator's clock.
-    pub received_at: DateTime<Utc>,
-    pub interval_ms: u32,
-}
-
-/// The result of an enrollment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Enrolled {
-    pub machine: Machine,
-    /// False when the agent was already known and only its details were refreshed.
-    pub created: bool,
-    /// The hostname the agent reported when the machine kept another one (an agent never renames its machine).
-    pub ignored_hostname: Option<String>,
-    /// The agent this one replaced on its machine (an enrollment with a redeploy token bound to it).
-    pub replaced_agent: Option<String>,
-}
-
-/// Whose identity an enrollment may take over.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Takeover {
-    /// The MAAS machine a redeploy token was minted for: the agent there is replaced by this one.
-    pub system_id: Option<String>,
-}
-
-#[async_trait]
-pub trait Store: Send + Sync {
-    /// Creates the machine for `enrollment.agent_id`, or finds it and refreshes its MACs and version.
-    ///
-    /// Hostnames are unique: a new agent naming a machine that exists is refused
-    /// ([`StoreError::HostnameTaken`]) unless `takeover` names that machine's MAAS system_id (a
-    /// redeploy token), in which case the new agent takes the machine over (same machine id, its
-    /// inventory and latest sample forgotten, health unknown). A known agent keeps its hostname.
-    async fn enroll(
-        &self,
-        enrollment: Enrollment,
-        interval_ms: u32,
-        now: DateTime<Utc>,
-        takeover: Takeover,
-    ) -> Result<Enrolled, StoreError>;
-
-    async fn machine(&self, machine_id: &str) -> Result<Option<Machine>, StoreError>;
-
-    /// Every machine, ordered by hostname.
-    async fn machines(&self) -> Result<Vec<Machine>, StoreError>;
-
-    /// Stores the inventory; returns whether it differs from the one stored before.
-    async fn put_inventory(&self, machine_id: &str, inventory: Inventory) -> Result<bool, StoreError>;
-
-    async fn inventory(&self, machine_id: &str) -> Result<Option<Inventory>, StoreError>;
-
-    /// Writes many heartbeats in one transaction: history, latest sample and liveness. Samples with a
-    /// `seq` the machine already has stored (a resend after a lost acknowledgement) are skipped.
-    async fn record_samples(&self, writes: Vec<SampleWrite>) -> Result<(), StoreError>;
-
-    /// A cheap check that writes still reach the store's real file (see [`StoreError::FileGone`]).
-    ///
-    /// # Errors
-    /// The reason writes would be lost.
-    fn check(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn latest_sample(&self, machine_id: &str) -> Result<Option<Sample>, StoreError>;
-
-    /// The newest `limit` stored samples, oldest first.
-    async fn history(&self, machine_id: &str, limit: u32) -> Result<Vec<Sample>, StoreError>;
-
-    async fn set_health(&self, machine_id: &str, health: Health, reasons: Vec<String>) -> Result<(), StoreError>;
-
-    async fn append_event(&self, event: NewEvent) -> Result<Event, StoreError>;
-
-    /// Events with an id above `after_id`, oldest first; with `limit`, only the newest `limit` of them.
-    async fn events(&self, after_id: u64, limit: Option<u32>) -> Result<Vec<Event>, StoreError>;
+/// The SQLite implementation.
+pub mod sqlite {
+    pub use ::store::SqliteStore;
 }

@@ -2,7 +2,8 @@
 //! its live inventory (agent), field by field, with a verdict pass | fail | drift | unknown.
 //!
 //! - [`check`]: the rules and tolerances, pure.
-//! - [`VerifyStore`]: expected profiles, baselines and the last verdicts, in their own store tables.
+//! - [`VerifyStore`]: expected profiles, baselines and the last verdicts, in their own store tables (the
+//!   `metalfleet-store` crate).
 //! - [`reports`]: the rows of `fleetctl verify`, built from what the stores hold, pure.
 //! - [`task`]: the coordinator's own loop: matching agents to MAAS machines, recording first baselines,
 //!   re-verifying when inventories or the MAAS view change (events `spec_failed`, `spec_drift`, `spec_ok`),
@@ -16,18 +17,17 @@ pub mod task;
 
 use std::collections::HashMap;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use metalfleet_common::config::bounds::{Problems, limits};
 use serde::Deserialize;
 
+pub use ::store::{VerifySources, VerifyStore};
 pub use model::verify::{
     Baseline, BaselineInfo, BaselineSource, ExpectedProfile, FieldVerdict, Inputs, MachineReport, Observed, Specs,
     Tolerances, Unit, Verdict, check, is_commissioned, overall, reports, specs_from_inventory, specs_from_maas,
 };
 
 use crate::spec::SpecProfile;
-use crate::store::{MaasStore, Store, StoreError};
+use crate::store::StoreError;
 
 /// Event kinds of verification and matching.
 pub mod kinds {
@@ -100,31 +100,6 @@ pub async fn load_inputs(store: &(impl VerifySources + ?Sized)) -> Result<Inputs
     })
 }
 
-/// Verification's own tables (a migration of its own in the SQLite store).
-#[async_trait]
-pub trait VerifyStore: Send + Sync {
-    /// Sets (or replaces) the profile of each named machine; machines not named keep theirs.
-    async fn set_expected_profiles(&self, profiles: Vec<ExpectedProfile>) -> Result<(), StoreError>;
-    async fn expected_profiles(&self) -> Result<Vec<ExpectedProfile>, StoreError>;
-    /// Records `baseline` unless its system_id has one; returns whether it did.
-    async fn record_first_baseline(&self, baseline: Baseline) -> Result<bool, StoreError>;
-    /// Records `baseline` whether or not one exists (an operator's Accept).
-    async fn replace_baseline(&self, baseline: Baseline) -> Result<(), StoreError>;
-    async fn baselines(&self) -> Result<Vec<Baseline>, StoreError>;
-    /// Sets `machines.system_id` (the agent-to-MAAS match); `None` clears it.
-    async fn set_system_id(&self, machine_id: &str, system_id: Option<String>) -> Result<(), StoreError>;
-    /// Renames a matched machine to its MAAS hostname (MAAS is authoritative once matched); false when
-    /// another machine holds that name (hostnames stay unique), and nothing changes.
-    async fn rename_machine(&self, machine_id: &str, hostname: &str) -> Result<bool, StoreError>;
-    /// The last overall verdict per row key (see [`MachineReport::key`]).
-    async fn last_verdicts(&self) -> Result<HashMap<String, Verdict>, StoreError>;
-    async fn set_last_verdict(&self, key: &str, verdict: Verdict, at: DateTime<Utc>) -> Result<(), StoreError>;
-}
-
-/// Every store verification reads from. The SQLite store is one.
-pub trait VerifySources: Store + MaasStore + VerifyStore {}
-impl<T: Store + MaasStore + VerifyStore> VerifySources for T {}
-
 /// Records the lab plan's profiles (called by the plan when it applies machines with profiles).
 ///
 /// # Errors
@@ -169,7 +144,7 @@ pub async fn verify_machine(
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
 
     use super::*;
     use crate::domain::maas::MaasMachine;

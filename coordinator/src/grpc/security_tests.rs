@@ -46,7 +46,7 @@ impl Secured {
         let stop = CancellationToken::new();
         let prepared = crate::server::prepare(listener, config, stop.clone()).await.unwrap();
         let server = tokio::spawn(prepared.run());
-        let ca_pem = std::fs::read_to_string(state.path().join(crate::pki::CA_CERT)).unwrap();
+        let ca_pem = std::fs::read_to_string(::store::StateDir::new(state.path()).ca_cert()).unwrap();
         Secured { addr, stop, server, state, ca_pem }
     }
 

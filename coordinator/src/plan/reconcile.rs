@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::store::StateDir;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -24,9 +25,6 @@ use crate::poller::EventSink;
 
 /// The hostname recorded on lab events.
 pub const LAB_EVENT_HOST: &str = "lab";
-
-/// The reconciler's memory inside the state directory.
-pub const MEMORY_FILE: &str = "lab-reconcile.json";
 
 /// What the task needs.
 pub struct Reconciler {
@@ -137,22 +135,12 @@ impl Memory {
     /// The memory stored in `state_dir`; empty when absent or unreadable (then every lasting condition is reported
     /// once more, which is the safe side).
     pub fn load(state_dir: &Path) -> Memory {
-        let path = state_dir.join(MEMORY_FILE);
-        let Ok(text) = std::fs::read_to_string(&path) else { return Memory::default() };
-        serde_json::from_str(&text).unwrap_or_else(|error| {
-            tracing::warn!(%error, path = %path.display(), "the reconciler's memory does not parse; starting afresh");
-            Memory::default()
-        })
+        ::store::lab::load_reconcile(&StateDir::new(state_dir))
     }
 
     /// Stores the memory atomically; a failure is logged (the memory still holds for this run).
     pub fn save(&self, state_dir: &Path) {
-        let path = state_dir.join(MEMORY_FILE);
-        let temp = state_dir.join(format!("{MEMORY_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(self).expect("the memory is plain data");
-        if let Err(error) = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, &path)) {
-            tracing::warn!(%error, path = %path.display(), "cannot store the reconciler's memory");
-        }
+        ::store::lab::save_reconcile(&StateDir::new(state_dir), self);
     }
 }
 
@@ -436,7 +424,7 @@ mod tests {
         };
         memory.save(dir.path());
         assert_eq!(Memory::load(dir.path()), memory);
-        std::fs::write(dir.path().join(MEMORY_FILE), "not json").unwrap();
+        std::fs::write(StateDir::new(dir.path()).lab_reconcile(), "not json").unwrap();
         assert_eq!(Memory::load(dir.path()), Memory::default());
     }
 }

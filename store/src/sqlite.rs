@@ -1,4 +1,4 @@
-//! The SQLite store: one file `<state_dir>/coordinator.db` in WAL mode, versioned migrations.
+//! The SQLite store: the fleet's tables in `<state_dir>/coordinator.db` (opened by [`crate::db`]).
 //!
 //! Two connections: one for writes and one for reads (WAL lets readers run beside the writer).
 //! Each is behind a `std::sync::Mutex` and only used inside `spawn_blocking`, so async tasks never
@@ -13,107 +13,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
+use model::domain::{Enrollment, Event, Health, Inventory, Machine, NewEvent, Sample};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{Enrolled, SampleWrite, Store, StoreError, Takeover};
-use crate::domain::{Enrollment, Event, Health, Inventory, Machine, NewEvent, Sample};
-
-/// The schema, one entry per version; `PRAGMA user_version` says how many have been applied.
-/// Never edit an entry once released: append a new one.
-const MIGRATIONS: &[&str] = &[
-    // 1: machines, inventories, samples, events.
-    "CREATE TABLE machines (
-        id TEXT PRIMARY KEY,
-        agent_id TEXT NOT NULL UNIQUE,
-        hostname TEXT NOT NULL,
-        system_id TEXT,
-        macs TEXT NOT NULL,
-        agent_version TEXT NOT NULL,
-        enrolled_at TEXT NOT NULL,
-        last_seen TEXT,
-        heartbeat_interval_ms INTEGER NOT NULL,
-        health TEXT NOT NULL,
-        health_reasons TEXT NOT NULL
-    );
-    CREATE INDEX machines_hostname ON machines(hostname);
-    CREATE TABLE inventories (
-        machine_id TEXT PRIMARY KEY REFERENCES machines(id) ON DELETE CASCADE,
-        reported_at TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE TABLE latest_samples (
-        machine_id TEXT PRIMARY KEY REFERENCES machines(id) ON DELETE CASCADE,
-        received_at TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE TABLE samples (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        machine_id TEXT NOT NULL,
-        taken_at TEXT,
-        received_at TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX samples_machine ON samples(machine_id, id);
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at TEXT NOT NULL,
-        machine_id TEXT NOT NULL,
-        hostname TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        message TEXT NOT NULL,
-        from_health TEXT,
-        to_health TEXT
-    );",
-    // 2: security (issue 5): enrollment tokens (hashes only), agent certificates, operators, the audit log.
-    "CREATE TABLE enroll_tokens (
-        id TEXT PRIMARY KEY,
-        hash TEXT NOT NULL UNIQUE,
-        machine TEXT,
-        uses_left INTEGER NOT NULL,
-        expires_at TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        created_by TEXT NOT NULL,
-        revoked_at TEXT
-    );
-    CREATE TABLE agent_certs (
-        serial TEXT PRIMARY KEY,
-        machine_id TEXT NOT NULL,
-        issued_at TEXT NOT NULL,
-        expires_at TEXT NOT NULL,
-        revoked_at TEXT
-    );
-    CREATE INDEX agent_certs_machine ON agent_certs(machine_id);
-    CREATE TABLE operators (
-        name TEXT PRIMARY KEY,
-        role TEXT NOT NULL,
-        cert_serial TEXT,
-        token_hash TEXT UNIQUE,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at TEXT NOT NULL,
-        operator TEXT NOT NULL,
-        role TEXT NOT NULL,
-        action TEXT NOT NULL,
-        args TEXT NOT NULL,
-        result TEXT NOT NULL
-    );",
-    // 3: the MAAS poller's view of every MAAS machine and the sync record (issue 3).
-    maas::MIGRATION,
-    // 4: spec verification (issue 7): expected profiles, commissioned baselines, last verdicts.
-    verify::MIGRATION,
-    // 5: redeploy operations and which token enrolled which machine (issue 7).
-    crate::operations::store::MIGRATION,
-    // 6: hostile agents (issue 10): the highest sample seq stored per machine (acknowledgements and
-    // duplicates), and the MAAS machine a redeploy token is bound to.
-    "ALTER TABLE machines ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE enroll_tokens ADD COLUMN system_id TEXT;",
-];
-
-/// The file name of the store inside the state directory.
-pub const FILE_NAME: &str = "coordinator.db";
+use crate::db::{self, FileIdentity, conversion_error, parse_json, parse_time, time_text, to_json};
+use crate::schema::Writer as TableWriter;
+use crate::{Enrolled, SampleWrite, StateDir, Store, StoreError, Takeover};
 
 const MACHINE_COLUMNS: &str = "id, agent_id, hostname, system_id, macs, agent_version, enrolled_at, last_seen, \
                                heartbeat_interval_ms, health, health_reasons";
@@ -133,40 +39,6 @@ struct Inner {
     file: FileIdentity,
 }
 
-/// The device and inode of the database file when it was opened. SQLite keeps writing into a file
-/// that was deleted (or replaced) under it, and every such write would be lost at the next start:
-/// a write is refused instead, so nothing is acknowledged that is not in the real file.
-#[derive(Debug, Clone)]
-struct FileIdentity {
-    path: std::path::PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl FileIdentity {
-    fn of(path: &Path) -> Result<Self, StoreError> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).map_err(|source| StoreError::FileGone {
-            path: path.to_owned(),
-            why: format!("cannot read its metadata: {source}"),
-        })?;
-        Ok(FileIdentity { path: path.to_owned(), dev: meta.dev(), ino: meta.ino() })
-    }
-
-    /// # Errors
-    /// [`StoreError::FileGone`] when the path no longer names the file that was opened.
-    fn check(&self) -> Result<(), StoreError> {
-        use std::os::unix::fs::MetadataExt;
-        let gone = |why: String| StoreError::FileGone { path: self.path.clone(), why };
-        match std::fs::metadata(&self.path) {
-            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => Ok(()),
-            Ok(_) => Err(gone("another file was put in its place".into())),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(gone("it was deleted".into())),
-            Err(error) => Err(gone(format!("cannot read its metadata: {error}"))),
-        }
-    }
-}
-
 struct Writer {
     conn: Connection,
     /// Samples inserted per machine since its history was last pruned; pruning runs once this
@@ -180,19 +52,11 @@ impl SqliteStore {
     /// # Errors
     /// The file cannot be opened or a migration fails.
     pub fn open(state_dir: &Path, history_samples: u32) -> Result<Self, StoreError> {
-        let path = state_dir.join(FILE_NAME);
-        let open =
-            |path: &Path| Connection::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source });
-        let mut write = open(&path)?;
-        configure(&write)?;
-        // Other connections write to the same file (crate::security_store, `coordinator operators add`):
-        // a deferred transaction that read first could not take the write lock later (SQLITE_BUSY
-        // without waiting); an immediate one takes it up front and waits up to the busy timeout.
-        write.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
-        migrate(&mut write)?;
-        let read = open(&path)?;
-        configure(&read)?;
-        let file = FileIdentity::of(&path)?;
+        let state = StateDir::new(state_dir);
+        let durability = TableWriter::Fleet.durability();
+        let write = db::open(&state, durability)?;
+        let read = db::connect(&state.database(), durability)?;
+        let file = FileIdentity::of(&state.database())?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 write: Mutex::new(Writer { conn: write, since_prune: HashMap::new() }),
@@ -209,7 +73,7 @@ impl SqliteStore {
     /// # Errors
     /// The file exists but cannot be opened or read (not a database, say).
     pub fn has_schema(state_dir: &Path) -> Result<bool, StoreError> {
-        let path = state_dir.join(FILE_NAME);
+        let path = StateDir::new(state_dir).database();
         if !path.exists() {
             return Ok(false);
         }
@@ -257,51 +121,6 @@ impl SqliteStore {
         .await
         .map_err(|error| StoreError::Worker(error.to_string()))?
     }
-}
-
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(())
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    let current = usize::try_from(current).unwrap_or(usize::MAX);
-    if current > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "schema version {current} is newer than this coordinator knows ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
-        tx.commit()?;
-        tracing::info!(version = index + 1, "store migrated");
-    }
-    Ok(())
-}
-
-fn time_text(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn conversion_error(column: usize, error: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(error))
-}
-
-fn parse_time(row: &Row<'_>, column: usize) -> rusqlite::Result<DateTime<Utc>> {
-    let text: String = row.get(column)?;
-    DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(|e| conversion_error(column, e))
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(row: &Row<'_>, column: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(column)?;
-    serde_json::from_str(&text).map_err(|e| conversion_error(column, e))
 }
 
 fn parse_health(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<Health>> {
@@ -377,10 +196,6 @@ fn readable_one<T>(row: rusqlite::Result<Option<T>>, table: &str, key: &str) -> 
         }
         Err(error) => Err(error.into()),
     }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn machine_by_id(conn: &Connection, machine_id: &str) -> Result<Option<Machine>, StoreError> {
@@ -717,7 +532,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::domain::kinds;
+    use model::domain::kinds;
 
     fn enrollment(agent_id: &str, hostname: &str) -> Enrollment {
         Enrollment {
@@ -744,14 +559,14 @@ mod tests {
     async fn migrates_from_zero_and_reopens_with_data() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 1000).unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as u32);
+        assert_eq!(store.schema_version().await.unwrap(), crate::schema::MIGRATIONS.len() as u32);
         let enrolled = store.enroll(enrollment("agent-a", "server1"), 5000, at(0), Takeover::default()).await.unwrap();
         assert!(enrolled.created);
         store.record_samples(vec![write(&enrolled.machine.id, vec![sample(1.0), sample(2.0)])]).await.unwrap();
         drop(store);
 
         let reopened = SqliteStore::open(dir.path(), 1000).unwrap();
-        assert_eq!(reopened.schema_version().await.unwrap(), MIGRATIONS.len() as u32);
+        assert_eq!(reopened.schema_version().await.unwrap(), crate::schema::MIGRATIONS.len() as u32);
         let machine = reopened.machine(&enrolled.machine.id).await.unwrap().unwrap();
         assert_eq!(machine.hostname, "server1");
         assert_eq!(machine.last_seen, Some(at(100)));

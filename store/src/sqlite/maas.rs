@@ -4,39 +4,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{SqliteStore, parse_json, parse_time, time_text, to_json};
-use crate::domain::maas::{MaasMachine, MaasSync};
-use crate::store::StoreError;
-use crate::store::maas::MaasStore;
+use model::domain::maas::{MaasMachine, MaasSync};
 
-/// The schema step that adds the MAAS tables (appended to `MIGRATIONS`).
-pub(super) const MIGRATION: &str = "CREATE TABLE maas_machines (
-        system_id TEXT PRIMARY KEY,
-        hostname TEXT NOT NULL,
-        status INTEGER NOT NULL,
-        status_name TEXT NOT NULL,
-        power_state TEXT NOT NULL,
-        owner TEXT,
-        ip_addresses TEXT NOT NULL,
-        tags TEXT NOT NULL,
-        zone TEXT NOT NULL,
-        pool TEXT NOT NULL,
-        cpu_count INTEGER NOT NULL,
-        cpu_speed_mhz INTEGER NOT NULL,
-        memory_mib INTEGER NOT NULL,
-        storage_bytes INTEGER NOT NULL,
-        disks TEXT NOT NULL,
-        interfaces TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE INDEX maas_machines_hostname ON maas_machines(hostname);
-    CREATE TABLE maas_sync (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        last_attempt_at TEXT,
-        last_success_at TEXT,
-        last_error TEXT
-    );
-    INSERT INTO maas_sync (id) VALUES (1);";
+use super::SqliteStore;
+use crate::db::{parse_json, parse_time, time_text, to_json};
+use crate::{MaasStore, StoreError};
 
 const COLUMNS: &str = "system_id, hostname, status, status_name, power_state, owner, ip_addresses, tags, zone, pool, \
                        cpu_count, cpu_speed_mhz, memory_mib, storage_bytes, disks, interfaces, updated_at";
@@ -176,7 +148,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::domain::maas::{MaasDisk, MaasInterface};
+    use model::domain::maas::{MaasDisk, MaasInterface};
 
     fn at(seconds: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + seconds, 0).unwrap()

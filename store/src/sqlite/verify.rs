@@ -6,30 +6,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{SqliteStore, parse_json, parse_time, time_text, to_json};
-use crate::store::StoreError;
-use crate::verify::{Baseline, BaselineSource, ExpectedProfile, Verdict, VerifyStore};
+use model::verify::check::Verdict;
+use model::verify::{Baseline, BaselineSource, ExpectedProfile};
 
-/// The schema step that adds verification's tables (appended to `MIGRATIONS`).
-pub(super) const MIGRATION: &str = "CREATE TABLE expected_profiles (
-        hostname TEXT PRIMARY KEY,
-        profile_name TEXT NOT NULL,
-        body TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE spec_baselines (
-        system_id TEXT PRIMARY KEY,
-        hostname TEXT NOT NULL,
-        source TEXT NOT NULL,
-        recorded_at TEXT NOT NULL,
-        recorded_by TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE TABLE spec_verdicts (
-        key TEXT PRIMARY KEY,
-        verdict TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );";
+use super::SqliteStore;
+use crate::db::{parse_json, parse_time, time_text, to_json};
+use crate::{StoreError, VerifyStore};
 
 fn conversion(column: usize, message: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, message.into())
@@ -214,10 +196,11 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::domain::Enrollment;
-    use crate::spec::SpecProfile;
-    use crate::store::Store;
-    use crate::verify::Specs;
+    use model::domain::Enrollment;
+    use model::spec::SpecProfile;
+    use model::verify::Specs;
+
+    use crate::Store;
 
     fn baseline(cpus: u32, source: BaselineSource, by: &str) -> Baseline {
         Baseline {
@@ -247,12 +230,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 10).unwrap();
         let profile = SpecProfile { min_logical_cpus: Some(4), min_memory: Some(12 << 30), ..Default::default() };
-        crate::verify::set_expected_profiles(&store, vec![("server1".into(), "small".into(), profile.clone())])
-            .await
-            .unwrap();
-        crate::verify::set_expected_profiles(&store, vec![("server1".into(), "big".into(), profile.clone())])
-            .await
-            .unwrap();
+        let expected = |name: &str| ExpectedProfile {
+            hostname: "server1".into(),
+            profile_name: name.into(),
+            profile: profile.clone(),
+        };
+        store.set_expected_profiles(vec![expected("small")]).await.unwrap();
+        store.set_expected_profiles(vec![expected("big")]).await.unwrap();
         let stored = store.expected_profiles().await.unwrap();
         assert_eq!(stored, vec![ExpectedProfile { hostname: "server1".into(), profile_name: "big".into(), profile }]);
 
@@ -267,7 +251,7 @@ mod tests {
             mac_addresses: vec![],
             agent_version: "t".into(),
         };
-        let id = store.enroll(enrollment, 1000, at, crate::store::Takeover::default()).await.unwrap().machine.id;
+        let id = store.enroll(enrollment, 1000, at, crate::Takeover::default()).await.unwrap().machine.id;
         store.set_system_id(&id, Some("aaa".into())).await.unwrap();
         assert_eq!(store.machine(&id).await.unwrap().unwrap().system_id.as_deref(), Some("aaa"));
         assert!(matches!(store.set_system_id("nope", None).await, Err(StoreError::NoSuchMachine(_))));

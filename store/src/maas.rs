@@ -1,11 +1,12 @@
-//! [`MaasStore`]: where the poller keeps its view of MAAS, apart from [`super::Store`] so a store
+//! [`MaasStore`]: where the poller keeps its view of MAAS, apart from [`crate::Store`] so a store
 //! without MAAS (a test double) need not implement it.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreError;
-use crate::domain::maas::{MaasMachine, MaasSync};
+use model::domain::maas::{MaasMachine, MaasSync};
+
+use crate::StoreError;
 
 #[async_trait]
 pub trait MaasStore: Send + Sync {
