@@ -1,64 +1,40 @@
 //! The Linux backend against real nftables and dnsmasq, in network namespaces this test creates.
 //!
-//! Topology (every name starts with a per-process prefix `mfr<pid>-`):
-//! `router` (rlan 172.16.0.1/20, rwan 192.0.2.1/24), `sw` (a bridge: the switch), `lan` (a host at
+//! Topology (names start with `mfl<pid>-<tag>-`, see `metalfleet_tests::netns`, the workspace's one namespace
+//! harness): `router` (rlan 172.16.0.1/20, rwan 192.0.2.1/24), `sw` (a bridge: the switch), `lan` (a host at
 //! 172.16.0.50 where the probe runs), `main` (172.16.0.3, a TCP listener standing for MAIN:22) and
 //! `wan` (192.0.2.2, the outside). Every step runs the real `router-shim` binary under
 //! `ip netns exec`, because entering a namespace from the test process would need unsafe code.
-//! Namespaces and processes are removed by a Drop guard, and stale ones from killed runs are swept
-//! at start. Without root or the tools, each test records its skip (`metalfleet_skip`) and returns.
+//! The harness removes namespaces and processes on drop and sweeps stale ones from killed runs at start.
+//! Without root or the tools, each test records its skip (`metalfleet_skip`) and returns.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
-use metalfleet_skip::{Missing, require, root, tools};
+use metalfleet_skip::require;
+use metalfleet_tests::netns::{self, Dnsmasq, Namespaces};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_router-shim");
 const NS_KINDS: [&str; 5] = ["router", "sw", "lan", "main", "wan"];
 
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"))
-}
+// What every test here needs: root for namespaces, and the router's own tools.
+use netns::router_prerequisites as prerequisites;
 
+/// [`netns::must`], failing the test when the program fails.
 fn must(program: &str, args: &[&str]) -> String {
-    let output = run(program, args);
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    netns::must(program, args).unwrap()
 }
 
-/// Kills every process inside `ns` and deletes it.
-fn delete_namespace(ns: &str) {
-    let pids = run("ip", &["netns", "pids", ns]);
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        let _ = run("kill", &["-KILL", pid]);
-    }
-    let _ = run("ip", &["netns", "del", ns]);
-}
-
-/// Removes namespaces left behind by earlier runs whose process is gone.
-fn sweep_stale() {
-    let list = String::from_utf8_lossy(&run("ip", &["netns", "list"]).stdout).into_owned();
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(rest) = name.strip_prefix("mfr") else { continue };
-        let Some((pid, _)) = rest.split_once('-') else { continue };
-        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-            delete_namespace(name);
-        }
-    }
-}
-
-/// One lab: namespaces, dnsmasq, the MAIN listener and the shim's config; all removed on drop.
+/// One lab over the shared harness: its namespaces, the router's dnsmasq, the MAIN listener and the shim's config.
+/// Dropping it kills the children, then the fields go in order: dnsmasq (by its pid file), the namespaces, the
+/// folder.
 struct Lab {
-    prefix: String,
-    dir: tempfile::TempDir,
     children: Vec<Child>,
+    dnsmasq: Dnsmasq,
+    namespaces: Namespaces,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Lab {
@@ -67,24 +43,15 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
-            let _ = run("kill", &["-TERM", pid.trim()]);
-        }
-        for kind in NS_KINDS {
-            delete_namespace(&self.ns(kind));
-        }
     }
 }
 
 impl Lab {
     fn ns(&self, kind: &str) -> String {
-        format!("{}{kind}", self.prefix)
-    }
-    fn pid_file(&self) -> PathBuf {
-        self.dir.path().join("dnsmasq.pid")
+        self.namespaces.name(kind)
     }
     fn dnsmasq_conf(&self) -> PathBuf {
-        self.dir.path().join("dnsmasq.conf")
+        self.dnsmasq.conf.clone()
     }
     fn config(&self) -> PathBuf {
         self.dir.path().join("router-shim.toml")
@@ -92,56 +59,40 @@ impl Lab {
 
     /// `tag` keeps the labs of tests that run in one process (plain `cargo test`) apart.
     fn start(tag: &str) -> Lab {
-        sweep_stale();
-        let mut lab = Lab {
-            prefix: format!("mfr{}-{tag}-", std::process::id()),
-            dir: tempfile::tempdir().unwrap(),
-            children: Vec::new(),
-        };
-        for kind in NS_KINDS {
-            delete_namespace(&lab.ns(kind));
-            must("ip", &["netns", "add", &lab.ns(kind)]);
-            must("ip", &["-n", &lab.ns(kind), "link", "set", "lo", "up"]);
+        let namespaces = Namespaces::create(tag, &NS_KINDS).unwrap();
+        namespaces.bridge("sw").unwrap();
+        for (host, ifname, port) in [("router", "rlan", "sw1"), ("lan", "lan0", "sw2"), ("main", "main0", "sw3")] {
+            namespaces.plug("sw", port, host, ifname).unwrap();
         }
-        let (router, sw, lan, main, wan) =
-            (lab.ns("router"), lab.ns("sw"), lab.ns("lan"), lab.ns("main"), lab.ns("wan"));
-        must("ip", &["-n", &sw, "link", "add", "br0", "type", "bridge"]);
-        must("ip", &["-n", &sw, "link", "set", "br0", "up"]);
-        for (host, ifname, port) in [(&router, "rlan", "sw1"), (&lan, "lan0", "sw2"), (&main, "main0", "sw3")] {
-            must("ip", &["link", "add", ifname, "netns", host, "type", "veth", "peer", port, "netns", &sw]);
-            must("ip", &["-n", &sw, "link", "set", port, "master", "br0", "up"]);
-            must("ip", &["-n", host, "link", "set", ifname, "up"]);
+        namespaces.veth(("router", "rwan"), ("wan", "wan0")).unwrap();
+        for (kind, cidr, ifname) in [
+            ("router", "172.16.0.1/20", "rlan"),
+            ("router", "192.0.2.1/24", "rwan"),
+            ("lan", "172.16.0.50/20", "lan0"),
+            ("main", "172.16.0.3/20", "main0"),
+            ("wan", "192.0.2.2/24", "wan0"),
+        ] {
+            namespaces.ip(kind, &["addr", "add", cidr, "dev", ifname]).unwrap();
         }
-        must("ip", &["link", "add", "rwan", "netns", &router, "type", "veth", "peer", "wan0", "netns", &wan]);
-        must("ip", &["-n", &router, "link", "set", "rwan", "up"]);
-        must("ip", &["-n", &wan, "link", "set", "wan0", "up"]);
-        must("ip", &["-n", &router, "addr", "add", "172.16.0.1/20", "dev", "rlan"]);
-        must("ip", &["-n", &router, "addr", "add", "192.0.2.1/24", "dev", "rwan"]);
-        must("ip", &["-n", &lan, "addr", "add", "172.16.0.50/20", "dev", "lan0"]);
-        must("ip", &["-n", &main, "addr", "add", "172.16.0.3/20", "dev", "main0"]);
-        must("ip", &["-n", &main, "route", "add", "default", "via", "172.16.0.1"]);
-        must("ip", &["-n", &wan, "addr", "add", "192.0.2.2/24", "dev", "wan0"]);
-        must("ip", &["netns", "exec", &router, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]);
+        namespaces.ip("main", &["route", "add", "default", "via", "172.16.0.1"]).unwrap();
+        namespaces.must("router", "sh", &["-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]).unwrap();
 
-        let dir = lab.dir.path().display().to_string();
-        std::fs::write(
-            lab.dnsmasq_conf(),
-            format!(
-                "# the router's dnsmasq: DNS and DHCP on the LAN; no-ping keeps the first offer inside a 2 s probe window\ninterface=rlan\nbind-interfaces\nno-resolv\nuser=root\nport=53\nno-ping\ndhcp-range=172.16.0.100,172.16.0.200,12h\ndhcp-leasefile={dir}/leases\n"
-            ),
-        )
-        .unwrap();
-        let conf_arg = format!("--conf-file={}", lab.dnsmasq_conf().display());
-        let pid_arg = format!("--pid-file={}", lab.pid_file().display());
-        must("ip", &["netns", "exec", &router, "dnsmasq", &conf_arg, &pid_arg]);
-        assert!(std::fs::read_to_string(lab.pid_file()).is_ok(), "dnsmasq wrote no pid file");
-
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().display().to_string();
+        // The router's dnsmasq: DNS and DHCP on the LAN; no-ping keeps the first offer inside a 2 s probe window.
+        let config = format!(
+            "interface=rlan\nbind-interfaces\nno-resolv\nuser=root\nport=53\nno-ping\n\
+             dhcp-range=172.16.0.100,172.16.0.200,12h\ndhcp-leasefile={path}/leases\n"
+        );
+        let dnsmasq = Dnsmasq::start(&namespaces, "router", dir.path(), "dnsmasq", &config).unwrap();
+        let (conf_arg, pid_arg) = (dnsmasq.conf_arg(), dnsmasq.pid_arg());
+        let mut lab = Lab { children: Vec::new(), dnsmasq, namespaces, dir };
         std::fs::write(
             lab.config(),
             format!(
                 r#"backend = "linux"
 lan_prefix = "172.16.0.0/20"
-state_dir = "{dir}/state"
+state_dir = "{path}/state"
 protected_forwards = ["main-ssh"]
 confirm_timeout = "60s"
 
@@ -152,45 +103,43 @@ table = "metalfleet"
 masquerade = true
 
 [linux.dnsmasq]
-pid_file = "{dir}/dnsmasq.pid"
-config_file = "{dir}/dnsmasq.conf"
+pid_file = "{pid_file}"
+config_file = "{config_file}"
 command = ["dnsmasq", "{conf_arg}", "{pid_arg}"]
-"#
+"#,
+                pid_file = lab.dnsmasq.pid_file.display(),
+                config_file = lab.dnsmasq.conf.display(),
             ),
         )
         .unwrap();
 
         // MAIN:22: a listener in `main` that greets with a banner; its readiness line says when it accepts.
-        let mut listener = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &main,
-                BIN,
-                "tcp-serve",
-                "--listen",
-                "172.16.0.3:22",
-                "--banner",
-                "hello-from-main",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(listener.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("listening addr=172.16.0.3:22"), "{line}");
-        lab.children.push(listener);
+        let listener = lab.spawn("main", &["tcp-serve", "--listen", "172.16.0.3:22", "--banner", "hello-from-main"]);
+        assert!(listener.starts_with("listening addr=172.16.0.3:22"), "{listener}");
         lab
+    }
+
+    /// Starts `router-shim ARGS` inside `kind`, keeps it as a child of the lab and returns its first stdout line
+    /// (its readiness line).
+    fn spawn(&mut self, kind: &str, args: &[&str]) -> String {
+        let mut child =
+            self.namespaces.command(kind, BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        self.children.push(child);
+        line
+    }
+
+    /// `router-shim --config ... ARGS` inside the router namespace.
+    fn shim_command(&self, args: &[&str]) -> Command {
+        let mut command = self.namespaces.command("router", BIN);
+        command.arg("--config").arg(self.config()).args(args);
+        command
     }
 
     /// Runs `router-shim --config ... ARGS` inside the router namespace.
     fn shim(&self, args: &[&str]) -> Output {
-        let config = self.config().display().to_string();
-        let router = self.ns("router");
-        let mut full = vec!["netns", "exec", &router, BIN, "--config", &config];
-        full.extend_from_slice(args);
-        let output = Command::new("ip").args(&full).stdin(Stdio::null()).output().unwrap();
+        let output = self.shim_command(args).stdin(Stdio::null()).output().unwrap();
         eprintln!(
             "router-shim {args:?} -> {:?}\n{}{}",
             output.status.code(),
@@ -208,12 +157,8 @@ command = ["dnsmasq", "{conf_arg}", "{pid_arg}"]
 
     /// Runs a CLI change that needs a confirmation, with `answer` typed on stdin.
     fn shim_answering(&self, args: &[&str], answer: &str) -> Output {
-        let config = self.config().display().to_string();
-        let router = self.ns("router");
-        let mut full = vec!["netns", "exec", &router, BIN, "--config", &config];
-        full.extend_from_slice(args);
-        let mut child = Command::new("ip")
-            .args(&full)
+        let mut child = self
+            .shim_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -234,70 +179,42 @@ command = ["dnsmasq", "{conf_arg}", "{pid_arg}"]
         serde_json::from_str(&self.shim_ok(&["state", "--output", "json"])).unwrap()
     }
 
+    /// `router-shim probe-dhcp` from the `lan` host, for 2 s, with `args` added.
+    fn probe_command(&self, args: &[&str]) -> Command {
+        let mut command = self.namespaces.command("lan", BIN);
+        command.args(["probe-dhcp", "--interface", "lan0", "--window", "2s"]).args(args);
+        command
+    }
+
     fn probe(&self) -> Value {
-        let output = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns("lan"),
-                BIN,
-                "probe-dhcp",
-                "--interface",
-                "lan0",
-                "--window",
-                "2s",
-                "--output",
-                "json",
-            ])
-            .output()
-            .unwrap();
+        let output = self.probe_command(&["--output", "json"]).output().unwrap();
         assert!(output.status.success(), "probe failed: {}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
     fn probe_expect(&self, expect: &str) -> i32 {
-        let output = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.ns("lan"),
-                BIN,
-                "probe-dhcp",
-                "--interface",
-                "lan0",
-                "--window",
-                "2s",
-                "--expect",
-                expect,
-            ],
-        );
+        let output = self.probe_command(&["--expect", expect]).output().unwrap();
         output.status.code().unwrap_or(-1)
     }
 
     /// A TCP connection from `wan` to the router's WAN address; Some(banner) when it got through.
     fn wan_connect(&self, port: u16) -> Option<String> {
         let target = format!("192.0.2.1:{port}");
-        let output = run("ip", &["netns", "exec", &self.ns("wan"), BIN, "tcp-check", &target, "--timeout", "2s"]);
+        let output =
+            self.namespaces.command("wan", BIN).args(["tcp-check", &target, "--timeout", "2s"]).output().unwrap();
         let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
         output.status.success().then_some(text)
     }
 
     fn table(&self) -> String {
-        let output = run("ip", &["netns", "exec", &self.ns("router"), "nft", "list", "table", "ip", "metalfleet"]);
+        let output = self.namespaces.command("router", "nft").args(["list", "table", "ip", "metalfleet"]).output();
+        let output = output.unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     fn dnsmasq_alive(&self) -> bool {
-        std::fs::read_to_string(self.pid_file())
-            .ok()
-            .is_some_and(|pid| Path::new(&format!("/proc/{}", pid.trim())).exists())
+        self.dnsmasq.pid().is_some()
     }
-}
-
-/// What every test here needs: root for namespaces, and the router's own tools.
-fn prerequisites() -> Option<Missing> {
-    root().or_else(|| tools(&["ip", "nft", "dnsmasq"]))
 }
 
 #[test]
@@ -307,9 +224,7 @@ fn netns_linux_dhcp_forward_idempotency_and_reset() {
     let original_conf = std::fs::read_to_string(lab.dnsmasq_conf()).unwrap();
 
     // With dnsmasq serving, the probe from the LAN sees its offer, with the router's LAN MAC.
-    let router_link: Value =
-        serde_json::from_str(&must("ip", &["-n", &lab.ns("router"), "-j", "link", "show", "rlan"])).unwrap();
-    let router_mac = router_link[0]["address"].as_str().unwrap().to_string();
+    let router_mac = lab.namespaces.mac("router", "rlan").unwrap();
     let report = lab.probe();
     assert!(report["discovers_sent"].as_u64().unwrap() >= 3, "{report}");
     let offers = report["offers"].as_array().unwrap();
@@ -401,23 +316,8 @@ fn netns_cli_commit_confirm_of_protected_forward() {
     assert!(lab.wan_connect(22).is_some());
 
     // No answer within the timeout (stdin stays open): rolled back too.
-    let config = lab.config().display().to_string();
-    let router = lab.ns("router");
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &router,
-            BIN,
-            "--config",
-            &config,
-            "forward",
-            "remove",
-            "--name",
-            "main-ssh",
-            "--confirm-timeout",
-            "1s",
-        ])
+    let mut child = lab
+        .shim_command(&["forward", "remove", "--name", "main-ssh", "--confirm-timeout", "1s"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -464,35 +364,12 @@ fn netns_coordinator_proves_dhcp_off_from_main() {
     require!(prerequisites());
     let mut lab = Lab::start("d");
     let config = lab.config().display().to_string();
-    let router = lab.ns("router");
-    let mut serve = Command::new("ip")
-        .args(["netns", "exec", &router, BIN, "--config", &config, "serve", "--insecure", "--listen", "172.16.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    lab.children.push(serve);
+    let line = lab.spawn("router", &["--config", &config, "serve", "--insecure", "--listen", "172.16.0.1:0"]);
     let addr = line.trim().strip_prefix("listening addr=").expect("readiness line").to_string();
     let shim_url = format!("http://{addr}");
     let ensure = |lab: &Lab| {
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &lab.ns("main"),
-                BIN,
-                "ensure-dhcp-off",
-                "--shim",
-                &shim_url,
-                "--interface",
-                "main0",
-                "--window",
-                "2s",
-            ],
-        )
+        let args = ["ensure-dhcp-off", "--shim", &shim_url, "--interface", "main0", "--window", "2s"];
+        lab.namespaces.command("main", BIN).args(args).output().unwrap()
     };
 
     // From MAIN: the shim switches DHCP off, and MAIN's own probe proves nobody answers.
@@ -503,30 +380,13 @@ fn netns_coordinator_proves_dhcp_off_from_main() {
     assert_eq!(lab.state()["dhcp_enabled"], false);
 
     // A rogue DHCP server on the segment (the `lan` host): the proof fails with it as evidence.
-    let lan = lab.ns("lan");
-    let rogue_conf = lab.dir.path().join("rogue.conf");
-    let rogue_pid = lab.dir.path().join("rogue.pid");
-    std::fs::write(
-        &rogue_conf,
-        format!(
-            "interface=lan0\nbind-interfaces\nport=0\nno-ping\nuser=root\ndhcp-range=172.16.0.210,172.16.0.220,1h\ndhcp-leasefile={}/rogue.leases\n",
-            lab.dir.path().display()
-        ),
-    )
-    .unwrap();
-    must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &lan,
-            "dnsmasq",
-            &format!("--conf-file={}", rogue_conf.display()),
-            &format!("--pid-file={}", rogue_pid.display()),
-        ],
+    let rogue = format!(
+        "interface=lan0\nbind-interfaces\nport=0\nno-ping\nuser=root\ndhcp-range=172.16.0.210,172.16.0.220,1h\n\
+         dhcp-leasefile={}/rogue.leases\n",
+        lab.dir.path().display()
     );
-    let lan_link: Value = serde_json::from_str(&must("ip", &["-n", &lan, "-j", "link", "show", "lan0"])).unwrap();
-    let lan_mac = lan_link[0]["address"].as_str().unwrap().to_string();
+    let _rogue = Dnsmasq::start(&lab.namespaces, "lan", lab.dir.path(), "rogue", &rogue).unwrap();
+    let lan_mac = lab.namespaces.mac("lan", "lan0").unwrap();
     let output = ensure(&lab);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -540,25 +400,7 @@ fn netns_remote_management_opens_and_closes_the_router() {
     require!(prerequisites());
     let mut lab = Lab::start("e");
     // The router's own SSH: a listener on all its addresses.
-    let mut sshd = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("router"),
-            BIN,
-            "tcp-serve",
-            "--listen",
-            "0.0.0.0:22",
-            "--banner",
-            "router-ssh",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(sshd.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    lab.children.push(sshd);
+    lab.spawn("router", &["tcp-serve", "--listen", "0.0.0.0:22", "--banner", "router-ssh"]);
     assert!(lab.wan_connect(22).is_some_and(|b| b.contains("router-ssh")), "open before the shim touches it");
 
     // Allowed only from elsewhere: the WAN host is refused.

@@ -1,6 +1,8 @@
-//! Network namespaces for end-to-end tests: a set of namespaces named with a per-process prefix, veth links,
-//! a bridge namespace as the switch, and dnsmasq instances stopped by their pid file.
+//! Network namespaces for tests: a set of namespaces named with a per-process prefix, veth links, a bridge
+//! namespace as the switch, and dnsmasq instances stopped by their pid file.
 //!
+//! The one namespace harness of the workspace: the end-to-end tests here use it, and so do router-shim's netns
+//! tests (through a dev-dependency on this crate, which in turn never depends on router-shim).
 //! Everything a [`Namespaces`] creates is removed when it is dropped (every process inside is killed, then the
 //! namespace is deleted), and namespaces left behind by killed test runs are swept when a new set starts.
 //! Processes run inside a namespace through `ip netns exec`, because entering one from the test process would
@@ -15,10 +17,19 @@ use metalfleet_skip::Missing;
 /// The start of every namespace name these helpers create (`mfl<pid>-<tag>-<kind>`).
 const PREFIX: &str = "mfl";
 
+/// The prefix router-shim's own harness used before it moved here; swept too, so that namespaces a killed run of
+/// the old harness left behind still go.
+const FORMER_PREFIX: &str = "mfr";
+
 /// What a namespace test needs: root, and `ip`, `nft`, `dnsmasq` and `curl` installed (`None`: all present).
 /// A test says `metalfleet_skip::require!(netns::prerequisites())`.
 pub fn prerequisites() -> Option<Missing> {
-    metalfleet_skip::root().or_else(|| metalfleet_skip::tools(&["ip", "nft", "dnsmasq", "curl"]))
+    router_prerequisites().or_else(|| metalfleet_skip::tools(&["curl"]))
+}
+
+/// What a router in a namespace needs, without the end-to-end tests' `curl`: root, and `ip`, `nft` and `dnsmasq`.
+pub fn router_prerequisites() -> Option<Missing> {
+    metalfleet_skip::root().or_else(|| metalfleet_skip::tools(&["ip", "nft", "dnsmasq"]))
 }
 
 /// Runs a command to completion (no deadline: only short system tools go through here).
@@ -50,14 +61,30 @@ pub fn delete_namespace(ns: &str) {
     let _ = sh("ip", &["netns", "del", ns]);
 }
 
+/// The namespaces whose name starts with `prefix`.
+pub fn list(prefix: &str) -> Vec<String> {
+    let Ok(list) = sh("ip", &["netns", "list"]) else { return Vec::new() };
+    String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Removes namespaces of earlier runs whose test process is gone.
 pub fn sweep_stale() {
-    let Ok(list) = sh("ip", &["netns", "list"]) else { return };
-    for name in String::from_utf8_lossy(&list.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let Some((pid, _)) = rest.split_once('-') else { continue };
+    sweep_stale_prefixed(PREFIX);
+    sweep_stale_prefixed(FORMER_PREFIX);
+}
+
+/// Removes the namespaces named `<prefix><pid>-…` whose process `pid` is gone (for a harness with its own prefix,
+/// such as the demo's).
+pub fn sweep_stale_prefixed(prefix: &str) {
+    for name in list(prefix) {
+        let Some((pid, _)) = name[prefix.len()..].split_once('-') else { continue };
         if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-            delete_namespace(name);
+            delete_namespace(&name);
         }
     }
 }

@@ -40,27 +40,7 @@ impl Drop for Leftovers {
                 let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
             }
         }
-        for ns in demo_namespaces(&self.prefix) {
-            netns::delete_namespace(&ns);
-        }
-    }
-}
-
-fn demo_namespaces(prefix: &str) -> Vec<String> {
-    let Ok(list) = netns::sh("ip", &["netns", "list"]) else { return Vec::new() };
-    String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| name.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Removes namespaces of earlier test runs whose process is gone (killed before [`Leftovers`] could run).
-fn sweep_stale() {
-    for ns in demo_namespaces(PREFIX) {
-        let pid = ns[PREFIX.len()..].split('-').next().unwrap_or_default();
-        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+        for ns in netns::list(&self.prefix) {
             netns::delete_namespace(&ns);
         }
     }
@@ -95,7 +75,8 @@ fn demo_netns_full_lab_ends_with_every_machine_deployed_healthy_and_verified() -
     }
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("demo");
-    sweep_stale();
+    // Namespaces of earlier runs killed before [`Leftovers`] could run.
+    netns::sweep_stale_prefixed(PREFIX);
     let prefix = format!("{PREFIX}{}-", std::process::id());
     let _leftovers = Leftovers { dir: dir.clone(), prefix: prefix.clone() };
 
@@ -159,7 +140,7 @@ fn demo_netns_full_lab_ends_with_every_machine_deployed_healthy_and_verified() -
     }
 
     // The demo tore everything down on its way out.
-    assert!(demo_namespaces(&prefix).is_empty(), "namespaces left: {:?}", demo_namespaces(&prefix));
+    assert!(netns::list(&prefix).is_empty(), "namespaces left: {:?}", netns::list(&prefix));
     let left = std::fs::read_dir(&dir)?.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "pid")).count();
     assert_eq!(left, 0, "pid files (running processes) left in {}", dir.display());
     let survivors = processes_using(&dir);
