@@ -1,5 +1,6 @@
 //! `fleetctl`: the operators' command line over the coordinator's services. All logic is in the library
 //! (`fleetctl::app`); this only parses the flags, starts the runtime and telemetry, and exits with the code.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use fleetctl::app::{self, Cli};
