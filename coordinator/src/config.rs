@@ -18,8 +18,8 @@ use serde::Deserialize;
 
 use crate::health::HealthThresholds;
 
-/// The default state directory; `client.toml` there is where fleetctl looks last.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalfleet";
+/// The default state directory (defined beside `client.toml`, since fleetctl looks there too).
+pub use model::client_config::DEFAULT_STATE_DIR;
 
 /// Everything `coordinator serve` needs.
 #[derive(Debug, Clone, Deserialize)]

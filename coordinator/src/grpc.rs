@@ -1,9 +1,9 @@
-//! The gRPC edge: AgentService and FleetService on top of [`crate::fleet::Fleet`], and the operator client.
+//! The gRPC edge: AgentService and the operators' services on top of [`crate::fleet::Fleet`] (fleetctl, their
+//! client, is its own crate).
 //!
 //! Wire types appear only in this module; [`convert`] is the one place that maps them to domain types.
 
 pub mod agent_service;
-pub mod client;
 pub mod convert;
 pub mod culprit;
 pub mod fleet_service;

@@ -7,8 +7,8 @@
 //!   directory's files, `::store::StateDir`, and backup/restore).
 //! - [`health`]: the health rules as pure functions.
 //! - [`fleet`]: the live fleet state, the batching writer, the event and evaluator tasks.
-//! - [`grpc`]: AgentService and FleetService, the operator client, and `grpc::convert`, the
-//!   only place that maps wire types to domain types.
+//! - [`grpc`]: the gRPC services (agents and operators) and `grpc::convert`, the coordinator's own edge of wire
+//!   types (the conversions shared with fleetctl live in `model::wire`).
 //! - [`maas`]: the `maas-client` crate (the typed MAAS 3.5 REST client, the only code that talks to MAAS),
 //!   re-exported so `crate::maas::...` names it.
 //! - [`pki`]: the private CA and the server certificate.
@@ -23,13 +23,11 @@
 //!   serves the agent binary to deploying servers over HTTPS.
 //! - [`verify`], [`matching`], [`reachability`]: spec verification (profile vs commissioned vs live), matching
 //!   agents to MAAS machines, and lost-node verdicts.
-//! - [`cli`]: fleetctl's logic (settings resolution, tables, JSON), kept out of the binary for tests.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod artifacts;
 pub mod auth;
-pub mod cli;
 pub use model::client_config;
 pub mod config;
 pub use model::domain;

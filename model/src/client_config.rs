@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// The file name, in the coordinator's state directory and in `~/.config/metalfleet/`.
 pub const FILE_NAME: &str = "client.toml";
 
+/// The coordinator's default state directory; `client.toml` there is where fleetctl looks last. Here rather than
+/// in the coordinator's config because both binaries need it and fleetctl does not depend on the coordinator.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/metalfleet";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {

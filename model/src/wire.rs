@@ -4,6 +4,7 @@
 //! Messages are destructured field by field, so a new proto field breaks the build here until someone
 //! decides what it means. What an agent sends is checked by the coordinator's own `grpc::convert::agent`.
 
+pub mod culprit;
 pub mod lab;
 pub mod maas;
 pub mod operations;

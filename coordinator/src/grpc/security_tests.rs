@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use fleetctl::GlobalArgs;
+use fleetctl::client::FleetClient;
 use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
@@ -14,9 +16,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::cli::{self, GlobalArgs};
 use crate::config::{Config, Overrides};
-use crate::grpc::client::FleetClient;
 use crate::security_store::{SecurityStore, TokenRecord};
 use crate::server::ServeError;
 
@@ -53,8 +53,8 @@ impl Secured {
     /// fleetctl's client, configured by the client.toml at `path` (the server's own: the local admin).
     async fn operator(&self, client_toml: &Path) -> FleetClient {
         let args = GlobalArgs { config: Some(client_toml.to_owned()), ..GlobalArgs::default() };
-        let target = cli::resolve_target(&args, &std::collections::HashMap::<String, String>::new()).unwrap();
-        crate::grpc::client::connect(&cli::client_settings(&target).unwrap()).await.unwrap()
+        let target = fleetctl::resolve_target(&args, &std::collections::HashMap::<String, String>::new()).unwrap();
+        fleetctl::client::connect(&fleetctl::client_settings(&target).unwrap()).await.unwrap()
     }
 
     async fn admin(&self) -> FleetClient {
@@ -286,7 +286,7 @@ async fn read_only_operators_are_refused_changes_and_both_roles_are_audited() {
         );
 
         // The bearer token alone (no certificate) works as well.
-        let settings = crate::grpc::client::ClientSettings {
+        let settings = fleetctl::client::ClientSettings {
             url: format!("https://{}", server.addr),
             ca_pem: Some(server.ca_pem.clone()),
             connect_timeout: Duration::from_secs(5),
@@ -294,12 +294,12 @@ async fn read_only_operators_are_refused_changes_and_both_roles_are_audited() {
             identity: None,
             bearer: Some(viewer.bearer.clone().unwrap()),
         };
-        let bearer_client = crate::grpc::client::connect(&settings).await.unwrap();
+        let bearer_client = fleetctl::client::connect(&settings).await.unwrap();
         assert!(bearer_client.list_machines().await.is_ok());
 
         // Nobody: refused.
-        let anonymous = crate::grpc::client::ClientSettings { bearer: None, ..settings.clone() };
-        let error = crate::grpc::client::connect(&anonymous).await.unwrap().list_machines().await.unwrap_err();
+        let anonymous = fleetctl::client::ClientSettings { bearer: None, ..settings.clone() };
+        let error = fleetctl::client::connect(&anonymous).await.unwrap().list_machines().await.unwrap_err();
         assert!(error.to_string().contains("Unauthenticated") || error.to_string().contains("credential"), "{error}");
 
         let admin = server.admin().await;

@@ -315,7 +315,7 @@ async fn tls_works_with_the_generated_ca_and_fails_without_it() {
         }
 
         // The operator client reports the address it tried.
-        let settings = crate::grpc::client::ClientSettings {
+        let settings = fleetctl::client::ClientSettings {
             url: format!("https://{}", running.addr),
             ca_pem: Some(ca),
             connect_timeout: Duration::from_secs(5),
@@ -323,7 +323,7 @@ async fn tls_works_with_the_generated_ca_and_fails_without_it() {
             identity: Some((admin_cert.clone(), crate::secret::Secret::new(admin_key.clone()))),
             bearer: None,
         };
-        let client = crate::grpc::client::connect(&settings).await.unwrap();
+        let client = fleetctl::client::connect(&settings).await.unwrap();
         assert!(client.list_machines().await.unwrap().is_empty());
     })
     .await

@@ -1,11 +1,10 @@
 //! The operators' client of VerifyService: verify, accept a baseline, lost-node verdicts, rematch.
 
+use model::verify::{MachineReport, NodeVerdict, Rematched};
+use model::wire::verify as wire;
 use proto::v1 as pb;
 
 use super::{ClientError, FleetClient};
-use crate::grpc::convert::verify as wire;
-use crate::verify::MachineReport;
-use crate::verify::task::{NodeVerdict, Rematched};
 
 fn unreadable(error: wire::WireError) -> ClientError {
     ClientError::Status(tonic::Status::internal(error.to_string()))

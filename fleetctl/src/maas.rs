@@ -7,10 +7,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::output::{Table, Text};
-use super::{optional_time, rfc3339};
-use crate::domain::MachineView;
-use crate::domain::maas::{MaasMachine, MaasSyncStatus};
+use model::domain::MachineView;
+use model::domain::maas::{MaasMachine, MaasSyncStatus};
+
+use crate::output::{Table, Text};
+use crate::view::{optional_time, rfc3339};
 
 /// The enrolled agent running on `m`, if any: same system_id first, then same hostname.
 pub fn agent_for<'a>(m: &MaasMachine, agents: &'a [MachineView]) -> Option<&'a MachineView> {
@@ -215,7 +216,7 @@ pub fn detail_text(m: &MaasMachine, sync: &MaasSyncStatus, now: DateTime<Utc>) -
     for i in &m.interfaces {
         out.line(format!("  interface:   {} {} {} Mbit/s", i.name, i.mac_address, i.link_speed_mbps));
     }
-    out.line(format!("  changed:     {} ({})", rfc3339(m.updated_at), super::age(Some(m.updated_at), now)));
+    out.line(format!("  changed:     {} ({})", rfc3339(m.updated_at), crate::view::age(Some(m.updated_at), now)));
     out.line(format!("  {}", freshness_line(sync)));
     out
 }
@@ -225,7 +226,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::domain::{Health, Machine};
+    use model::domain::{Health, Machine};
 
     fn at(seconds: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + seconds, 0).unwrap()

@@ -1,11 +1,11 @@
 //! The operators' client of LabService.
 
 use futures::{Stream, StreamExt};
+use model::plan::Change;
+use model::wire::lab as wire;
 use proto::v1 as pb;
 
 use super::{ClientError, FleetClient};
-use crate::grpc::convert::lab as wire;
-use crate::plan::Change;
 
 /// A plan as the coordinator computed it, or the stale state it could offer instead.
 #[derive(Debug, Clone)]

@@ -1,10 +1,10 @@
 //! The operators' client of SecurityService: tokens, agent certificates, the audit log.
 
 use chrono::{DateTime, Utc};
+use metalfleet_common::secret::Secret;
 use proto::v1 as pb;
 
 use super::{ClientError, FleetClient};
-use crate::secret::Secret;
 
 /// An enrollment token as listed (never its secret).
 #[derive(Debug, Clone, PartialEq)]

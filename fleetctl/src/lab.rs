@@ -9,10 +9,11 @@ use metalfleet_common::exit;
 use proto::v1 as pb;
 use serde_json::{Value, json};
 
-use super::CliError;
-use super::output::{self, Output, Text};
-use crate::grpc::client::FleetClient;
-use crate::plan::{Action, Change, LabFile};
+use model::plan::{Action, Change, LabFile};
+
+use crate::CliError;
+use crate::client::FleetClient;
+use crate::output::{self, Output, Text};
 
 /// Reads, checks and prepares a plan file: ssh key `file`s are read here and sent inline.
 ///

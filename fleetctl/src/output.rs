@@ -17,8 +17,7 @@
 //! A closed stdout (`fleetctl status | head -0`) is not a failure: Rust ignores SIGPIPE, so the write returns
 //! `EPIPE`, which [`Output`] reports as [`Error::Closed`]; fleetctl ends with exit 0 and prints nothing more.
 //!
-//! This module knows nothing about the coordinator (std, serde_json and comfy-table only), so it moves as it is
-//! into a `fleetctl` crate.
+//! This module knows nothing about the coordinator or the wire (std, serde_json and comfy-table only).
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,18 +1,20 @@
-//! `fleetctl`: the operators' command line over the coordinator's FleetService.
+//! The command line: fleetctl's flags and subcommands (clap), and what each command does.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use coordinator::cli::output::{self, Format, Output, Text};
-use coordinator::cli::{self, CliError, GlobalArgs, security};
-use coordinator::grpc::client::{self, FleetClient};
 use futures::StreamExt;
 use metalfleet_common::config::ProcessEnv;
 use metalfleet_common::exit;
 
+use crate::client::{self, FleetClient};
+use crate::output::{self, Format, Output, Text};
+use crate::{CliError, GlobalArgs, lab, maas, operations, security, settings, verify};
+
+/// fleetctl's flags and command, as parsed from the command line.
 #[derive(Debug, Parser)]
 #[command(name = "fleetctl", version, about = "Look after a metalfleet fleet")]
-struct Cli {
+pub struct Cli {
     /// Client config (client.toml). Default: $METALFLEET_CLIENT_CONFIG, ~/.config/metalfleet/client.toml,
     /// then /var/lib/metalfleet/client.toml.
     #[arg(long, global = true, value_name = "PATH")]
@@ -257,38 +259,26 @@ enum PowerCli {
     Cycle,
 }
 
-fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+/// What a command ended in as the process's exit code: a failure is printed to stderr first; a closed stdout
+/// (`fleetctl status | head`) is a quiet exit 0.
+pub fn exit_code(result: Result<i32, CliError>) -> i32 {
+    match result {
+        Ok(code) => code,
+        // The reader of stdout went away (`| head`): nothing more to say, and nobody to say it to.
+        Err(CliError::OutputClosed) => exit::OK,
         Err(error) => {
-            let code = if error.use_stderr() { exit::USAGE } else { exit::OK };
-            let _ = error.print(); // clap ignores a closed stream
-            std::process::exit(code);
+            output::note(format!("error: {error}"));
+            error.exit_code()
         }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            output::note(format!("error: cannot start the async runtime: {error}"));
-            std::process::exit(exit::UNAVAILABLE);
-        }
-    };
-    let code = runtime.block_on(async {
-        let _telemetry = metalfleet_common::telemetry::init("fleetctl", "warn");
-        match run(cli).await {
-            Ok(code) => code,
-            // The reader of stdout went away (`| head`): nothing more to say, and nobody to say it to.
-            Err(CliError::OutputClosed) => exit::OK,
-            Err(error) => {
-                output::note(format!("error: {error}"));
-                error.exit_code()
-            }
-        }
-    });
-    std::process::exit(code);
+    }
 }
 
-async fn run(cli: Cli) -> Result<i32, CliError> {
+/// Runs one command against the coordinator the settings name; `Ok` holds the exit code of a command that ran
+/// (a check that failed is `Ok(1)`).
+///
+/// # Errors
+/// [`CliError`] when the settings are unusable, the coordinator cannot be reached, or it refused the call.
+pub async fn run(cli: Cli) -> Result<i32, CliError> {
     let global = GlobalArgs {
         config: cli.config,
         coordinator: cli.coordinator,
@@ -296,8 +286,8 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         insecure: cli.insecure,
         token_file: cli.token_file,
     };
-    let target = cli::resolve_target(&global, &ProcessEnv)?;
-    let settings = cli::client_settings(&target)?;
+    let target = settings::resolve_target(&global, &ProcessEnv)?;
+    let settings = settings::client_settings(&target)?;
     tracing::debug!(url = %target.url, config = ?target.from_file, "connecting");
     let client = client::connect(&settings).await?;
     let format = match cli.output {
@@ -307,32 +297,32 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     };
     let out = &mut Output::stdout(format);
     match cli.command {
-        Command::Plan { file, prune, verbose } => cli::lab::plan(&client, out, &file, prune, verbose).await,
-        Command::Apply { file, prune, yes } => cli::lab::apply(&client, out, &file, prune, yes, false).await,
-        Command::Export => cli::lab::export(&client, out).await,
-        Command::Destroy { file, yes } => cli::lab::apply(&client, out, &file, false, yes, true).await,
-        Command::Report => cli::lab::report(&client, out).await,
+        Command::Plan { file, prune, verbose } => lab::plan(&client, out, &file, prune, verbose).await,
+        Command::Apply { file, prune, yes } => lab::apply(&client, out, &file, prune, yes, false).await,
+        Command::Export => lab::export(&client, out).await,
+        Command::Destroy { file, yes } => lab::apply(&client, out, &file, false, yes, true).await,
+        Command::Report => lab::report(&client, out).await,
         Command::Status { check } => status(&client, out, check).await,
         Command::Verify { names, accept: None, .. } => {
             let reports = client.verify(names).await?;
-            print(out, cli::verify::document(&reports), || cli::verify::table(&reports))?;
-            Ok(cli::verify::exit_code(&reports))
+            print(out, verify::document(&reports), || verify::table(&reports))?;
+            Ok(verify::exit_code(&reports))
         }
         Command::Verify { accept: Some(name), from, .. } => {
             let (report, source) = client.accept(&name, from.as_deref()).await?;
-            print(out, cli::verify::accepted_json(&report, &source), || cli::verify::accepted_text(&report, &source))?;
+            print(out, verify::accepted_json(&report, &source), || verify::accepted_text(&report, &source))?;
             Ok(exit::OK)
         }
         Command::Machines { command: MachinesCommand::Rematch { name } } => {
             let rematched = client.rematch(&name).await?;
-            print(out, cli::verify::rematched_json(&rematched), || cli::verify::rematched_text(&rematched))?;
+            print(out, verify::rematched_json(&rematched), || verify::rematched_text(&rematched))?;
             Ok(exit::OK)
         }
         Command::Machines { command: MachinesCommand::Forget { name, release } } => {
-            cli::operations::forget(&client, out, &name, release).await
+            operations::forget(&client, out, &name, release).await
         }
         Command::Redeploy(args) => {
-            let args = cli::operations::RedeployArgs {
+            let args = operations::RedeployArgs {
                 names: args.names,
                 tag: args.tag,
                 pool: args.pool,
@@ -345,13 +335,13 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 max_unavailable: args.max_unavailable,
                 max_failures: args.max_failures,
             };
-            cli::operations::redeploy(&client, out, args).await
+            operations::redeploy(&client, out, args).await
         }
         Command::Operations { command } => match command {
-            OperationsCommand::List { limit } => cli::operations::list(&client, out, limit).await,
-            OperationsCommand::Show { id } => cli::operations::show(&client, out, &id).await,
-            OperationsCommand::Watch { id } => cli::operations::watch(&client, out, &id).await,
-            OperationsCommand::Cancel { id } => cli::operations::cancel(&client, out, &id).await,
+            OperationsCommand::List { limit } => operations::list(&client, out, limit).await,
+            OperationsCommand::Show { id } => operations::show(&client, out, &id).await,
+            OperationsCommand::Watch { id } => operations::watch(&client, out, &id).await,
+            OperationsCommand::Cancel { id } => operations::cancel(&client, out, &id).await,
         },
         Command::Power { action, name } => {
             let action = match action {
@@ -359,7 +349,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
                 PowerCli::Off => proto::v1::PowerAction::Off,
                 PowerCli::Cycle => proto::v1::PowerAction::Cycle,
             };
-            cli::operations::power(&client, out, action, &name).await
+            operations::power(&client, out, action, &name).await
         }
         Command::Machines { command: MachinesCommand::List } => machines_list(&client, out).await,
         Command::Machines { command: MachinesCommand::Show { name, history } } => {
@@ -395,31 +385,29 @@ async fn status(client: &FleetClient, out: &mut Output, check: bool) -> Result<i
     let (machines, degraded) = client.fleet_status().await?;
     // The lost-node verdicts; an older coordinator without VerifyService gives none.
     let verdicts = client.node_verdicts().await?;
-    let mut document = cli::verify::status_document(&machines, &verdicts);
-    document["coordinator"] = cli::coordinator_json(degraded.as_ref());
+    let mut document = verify::status_document(&machines, &verdicts);
+    document["coordinator"] = crate::view::coordinator_json(degraded.as_ref());
     print(out, document, || {
         let mut text = Text::new();
-        if let Some(banner) = cli::degraded_banner(degraded.as_ref()) {
+        if let Some(banner) = crate::view::degraded_banner(degraded.as_ref()) {
             for line in banner.lines() {
                 text.line(line);
             }
         }
-        text.append(cli::verify::status_table(&machines, &verdicts, chrono::Utc::now()));
+        text.append(verify::status_table(&machines, &verdicts, chrono::Utc::now()));
         text
     })?;
-    Ok(if check { cli::status_exit_code(&machines) } else { exit::OK })
+    Ok(if check { crate::view::status_exit_code(&machines) } else { exit::OK })
 }
 
 async fn machines_list(client: &FleetClient, out: &mut Output) -> Result<i32, CliError> {
     let machines = client.list_machines().await?;
     if let Some((maas, sync)) = client.list_maas_machines().await? {
-        print(out, cli::maas::list_document(&maas, &sync, &machines), || {
-            cli::maas::list_table(&maas, &sync, &machines)
-        })?;
+        print(out, maas::list_document(&maas, &sync, &machines), || maas::list_table(&maas, &sync, &machines))?;
         return Ok(exit::OK);
     }
-    let list: Vec<_> = machines.iter().map(cli::machine_json).collect();
-    print(out, serde_json::json!({ "machines": list }), || cli::machines_table(&machines, chrono::Utc::now()))?;
+    let list: Vec<_> = machines.iter().map(crate::view::machine_json).collect();
+    print(out, serde_json::json!({ "machines": list }), || crate::view::machines_table(&machines, chrono::Utc::now()))?;
     Ok(exit::OK)
 }
 
@@ -435,7 +423,7 @@ async fn machines_show(client: &FleetClient, out: &mut Output, name: &str, histo
     };
     let maas = client.list_maas_machines().await?;
     let found = maas.as_ref().and_then(|(machines, sync)| {
-        cli::maas::find(machines, name, view.as_ref()).map(|machine| (machine.clone(), sync.clone()))
+        maas::find(machines, name, view.as_ref()).map(|machine| (machine.clone(), sync.clone()))
     });
     let now = chrono::Utc::now();
     match (view, found) {
@@ -443,19 +431,19 @@ async fn machines_show(client: &FleetClient, out: &mut Output, name: &str, histo
             Err(not_found.map(CliError::from).unwrap_or_else(|| CliError::Usage(format!("no machine {name}"))))
         }
         (Some(view), found) if out.is_json() => {
-            let mut value = cli::machine_detail_json(&view);
+            let mut value = crate::view::machine_detail_json(&view);
             if let Some((machine, sync)) = found {
-                value["maas"] = cli::maas::machine_json(&machine);
-                value["maas_sync"] = cli::maas::sync_json(&sync);
+                value["maas"] = maas::machine_json(&machine);
+                value["maas_sync"] = maas::sync_json(&sync);
             }
             out.json(&value)?;
             Ok(exit::OK)
         }
         (Some(view), found) => {
-            let mut text = cli::machine_detail_text(&view, now);
+            let mut text = crate::view::machine_detail_text(&view, now);
             if let Some((machine, sync)) = found {
                 text.line("");
-                text.append(cli::maas::detail_text(&machine, &sync, now));
+                text.append(maas::detail_text(&machine, &sync, now));
             }
             out.text(&text)?;
             Ok(exit::OK)
@@ -465,15 +453,15 @@ async fn machines_show(client: &FleetClient, out: &mut Output, name: &str, histo
                 "hostname": machine.hostname,
                 "system_id": machine.system_id,
                 "agent": null,
-                "maas": cli::maas::machine_json(&machine),
-                "maas_sync": cli::maas::sync_json(&sync),
+                "maas": maas::machine_json(&machine),
+                "maas_sync": maas::sync_json(&sync),
             });
             out.json(&value)?;
             Ok(exit::OK)
         }
         (None, Some((machine, sync))) => {
             let mut text = Text::of("agent:         not enrolled");
-            text.line("").append(cli::maas::detail_text(&machine, &sync, now));
+            text.line("").append(maas::detail_text(&machine, &sync, now));
             out.text(&text)?;
             Ok(exit::OK)
         }
@@ -485,10 +473,30 @@ async fn events(client: &FleetClient, out: &mut Output, follow: bool, limit: u32
     while let Some(event) = stream.next().await {
         let event = event?;
         if out.is_json() {
-            out.json_line(&cli::event_json(&event))?;
+            out.json_line(&crate::view::event_json(&event))?;
         } else {
-            out.line(cli::event_line(&event))?;
+            out.line(crate::view::event_line(&event))?;
         }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_closed_stdout_is_a_quiet_success_and_a_failure_its_own_code() {
+        assert_eq!(exit_code(Ok(exit::CHECK_FAILED)), exit::CHECK_FAILED);
+        assert_eq!(exit_code(Err(CliError::OutputClosed)), exit::OK);
+        assert_eq!(exit_code(Err(CliError::Usage("no coordinator address".into()))), exit::USAGE);
+        assert_eq!(exit_code(Err(CliError::Unreachable("down".into()))), exit::UNAVAILABLE);
+    }
 }

@@ -4,9 +4,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use metalfleet_common::exit;
 use serde_json::{Value, json};
 
-use super::CliError;
-use super::output::{Output, Table, Text};
-use crate::grpc::client::{AgentCert, AuditEntry, FleetClient, TokenInfo};
+use crate::CliError;
+use crate::client::{AgentCert, AuditEntry, FleetClient, TokenInfo};
+use crate::output::{Output, Table, Text};
 
 fn time(at: Option<DateTime<Utc>>) -> Value {
     at.map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Secs, true))).unwrap_or(Value::Null)
@@ -120,7 +120,7 @@ pub async fn tokens_create(
         value["token"] = Value::String(secret.expose().to_string());
         out.json(&value)?;
     } else {
-        super::output::note(format!(
+        crate::output::note(format!(
             "token {} for {} ({} use(s), expires {}); it is shown only once:",
             info.id,
             info.machine.as_deref().unwrap_or("any machine"),

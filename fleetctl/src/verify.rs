@@ -5,10 +5,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use metalfleet_common::exit;
 use serde_json::{Value, json};
 
-use super::output::{Table, Text};
-use crate::domain::MachineView;
-use crate::verify::task::{NodeVerdict, Rematched};
-use crate::verify::{FieldVerdict, MachineReport, Observed, Unit, Verdict};
+use model::domain::MachineView;
+use model::verify::{FieldVerdict, MachineReport, NodeVerdict, Observed, Rematched, Unit, Verdict};
+
+use crate::output::{Table, Text};
 
 fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -91,7 +91,7 @@ fn human(unit: Unit, observed: &Option<Observed>) -> String {
     o.numbers.iter().map(|n| one(*n)).collect::<Vec<_>>().join(", ")
 }
 
-pub use crate::spec::format_size as format_bytes;
+pub use model::spec::format_size as format_bytes;
 
 /// `fleetctl verify` as a table: one line per field, the verdict and the reason last.
 pub fn table(reports: &[MachineReport]) -> Text {
@@ -166,7 +166,7 @@ pub fn status_document(machines: &[MachineView], verdicts: &[NodeVerdict]) -> Va
     let list: Vec<Value> = machines
         .iter()
         .map(|view| {
-            let mut value = crate::cli::status_json(view);
+            let mut value = crate::view::status_json(view);
             let node = verdict_of(view, verdicts);
             value["verdict"] = json!(node.map(|n| n.verdict.clone()));
             value["verdict_reason"] = json!(node.map(|n| n.reason.clone()));
@@ -180,13 +180,13 @@ pub fn status_document(machines: &[MachineView], verdicts: &[NodeVerdict]) -> Va
 /// `fleetctl status` with a VERDICT column appended.
 pub fn status_table(machines: &[MachineView], verdicts: &[NodeVerdict], now: DateTime<Utc>) -> Text {
     if machines.is_empty() {
-        return crate::cli::status_table(machines, now);
+        return crate::view::status_table(machines, now);
     }
-    let mut header = crate::cli::STATUS_HEADER.to_vec();
+    let mut header = crate::view::STATUS_HEADER.to_vec();
     header.push("VERDICT");
     let mut table = Table::new(&header).wide(&["HEALTH"]);
     for view in machines {
-        let mut row = crate::cli::status_row(view, now);
+        let mut row = crate::view::status_row(view, now);
         row.push(verdict_of(view, verdicts).map(|n| n.verdict.clone()).unwrap_or_else(|| "-".to_string()));
         table.row(row);
     }
@@ -198,7 +198,7 @@ pub fn status_table(machines: &[MachineView], verdicts: &[NodeVerdict], now: Dat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::{Specs, Tolerances, check, overall};
+    use model::verify::{Specs, Tolerances, check, overall};
 
     fn report(verdict_specs: Option<&Specs>) -> MachineReport {
         let specs = Specs { logical_cpus: 4, memory_bytes: 1 << 34, ..Default::default() };

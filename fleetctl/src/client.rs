@@ -1,20 +1,26 @@
-//! The operators' client of FleetService, returning domain types (used by fleetctl and tests).
-
-use std::time::Duration;
-
-use futures::{Stream, StreamExt};
-use proto::v1 as pb;
-use proto::v1::fleet_service_client::FleetServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-use super::{convert, culprit};
+//! The operators' client of the coordinator's services, returning `model` records (used by fleetctl and by the
+//! coordinator's own tests).
 
 mod lab;
 mod security;
 mod verify;
-use crate::domain::maas::{MaasMachine, MaasSyncStatus};
-use crate::domain::{Event, MachineView};
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use metalfleet_common::secret::Secret;
+use model::domain::maas::{MaasMachine, MaasSyncStatus};
+use model::domain::{Event, MachineView};
+use model::wire as convert;
+use proto::v1 as pb;
+use proto::v1::fleet_service_client::FleetServiceClient;
+
+use crate::culprit;
+
+pub use lab::PlanAnswer;
 pub use security::{AgentCert, AuditEntry, TokenInfo};
 
 /// How to reach a coordinator.
@@ -27,9 +33,9 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// The operator's client certificate and key (PEM), for https.
-    pub identity: Option<(String, crate::secret::Secret)>,
+    pub identity: Option<(String, Secret)>,
     /// The operator's bearer token, sent as `authorization: Bearer ...`.
-    pub bearer: Option<crate::secret::Secret>,
+    pub bearer: Option<Secret>,
 }
 
 /// Adds the operator's bearer token to every call.
@@ -66,7 +72,9 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    fn from_status(url: &str, status: tonic::Status) -> Self {
+    /// The error for `status`, answered by the coordinator at `url`: a named culprit (MAAS, the router) is that
+    /// service's failure; `UNAVAILABLE` without one means the coordinator itself.
+    pub fn from_status(url: &str, status: tonic::Status) -> Self {
         if let Some(culprit) = culprit::of(&status) {
             let message = if culprit.address.is_empty() || status.message().contains(&culprit.address) {
                 status.message().to_string()
@@ -161,7 +169,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 impl FleetClient {
-    /// The OperationsService client on the same channel (see [`crate::cli::operations`]).
+    /// The OperationsService client on the same channel (see [`crate::operations`]).
     pub fn operations(&self) -> proto::v1::operations_service_client::OperationsServiceClient<AuthChannel> {
         self.operations.clone()
     }
@@ -268,60 +276,4 @@ impl FleetClient {
 pub struct Degraded {
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     pub reasons: Vec<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cli::CliError;
-    use crate::maas::error::Subject;
-    use crate::plan::PlanError;
-
-    const MAAS_URL: &str = "http://10.0.0.5:5240/MAAS/api/2.0/";
-
-    /// The coordinator's status for a MAAS failure, as fleetctl turns it into words and an exit code.
-    fn seen_by_fleetctl(source: crate::maas::Error) -> CliError {
-        let status = crate::grpc::lab_service::status(PlanError::Maas {
-            what: "upstream_dns",
-            url: MAAS_URL.into(),
-            source: Box::new(source),
-        });
-        ClientError::from_status("http://127.0.0.1:7443", status).into()
-    }
-
-    #[test]
-    fn a_maas_failure_names_maas_and_its_url_not_the_coordinator() {
-        let down = seen_by_fleetctl(crate::maas::Error::Unavailable {
-            op: "upstream_dns",
-            machine: Subject(None),
-            message: "region restarting".into(),
-            retry_after: None,
-        });
-        assert_eq!(down.exit_code(), metalfleet_common::exit::UNAVAILABLE);
-        let text = down.to_string();
-        assert!(text.contains("MAAS at http://10.0.0.5:5240/MAAS/api/2.0/"), "{text}");
-        assert!(!text.contains("coordinator") && !text.contains("127.0.0.1:7443"), "{text}");
-
-        let refused =
-            seen_by_fleetctl(crate::maas::Error::Unauthorized { op: "upstream_dns", message: "bad key".into() });
-        assert_eq!(refused.exit_code(), metalfleet_common::exit::CHECK_FAILED);
-        assert!(refused.to_string().contains(MAAS_URL), "{refused}");
-
-        // The same for power and redeploy (OperationsService).
-        let busy = crate::maas::Error::Unavailable {
-            op: "power_on",
-            machine: Subject(Some("abc123".into())),
-            message: "busy".into(),
-            retry_after: None,
-        };
-        let status = crate::grpc::operations_service::status(crate::operations::OpError::Maas(busy));
-        let power: CliError = ClientError::from_status("http://127.0.0.1:7443", status).into();
-        assert_eq!(power.exit_code(), metalfleet_common::exit::UNAVAILABLE);
-        assert!(power.to_string().contains("MAAS") && !power.to_string().contains("coordinator"), "{power}");
-
-        // Without a culprit, UNAVAILABLE still means the coordinator itself.
-        let own: CliError =
-            ClientError::from_status("http://127.0.0.1:7443", tonic::Status::unavailable("draining")).into();
-        assert!(own.to_string().contains("cannot reach the coordinator at http://127.0.0.1:7443"), "{own}");
-    }
 }

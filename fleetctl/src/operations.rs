@@ -10,11 +10,12 @@ use metalfleet_common::exit;
 use proto::v1 as pb;
 use serde_json::{Value, json};
 
-use super::CliError;
-use super::output::{self, NAME_WIDTH, Output, Table, Text, clip};
-use crate::grpc::client::FleetClient;
-use crate::grpc::convert::operations::operation_from_wire;
-use crate::operations::{OpState, Operation};
+use model::operations::{OpState, Operation};
+use model::wire::operations::operation_from_wire;
+
+use crate::CliError;
+use crate::client::FleetClient;
+use crate::output::{self, NAME_WIDTH, Output, Table, Text, clip};
 
 /// What `fleetctl redeploy` was asked.
 #[derive(Debug, Clone, Default)]
@@ -250,7 +251,7 @@ pub async fn watch(client: &FleetClient, out: &mut Output, id: &str) -> Result<i
     let style = indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:24}] {msg}")
         .map_err(|e| CliError::Failed(e.to_string()))?
         .progress_chars("=> ");
-    let steps = crate::operations::Step::ALL.len() as u64;
+    let steps = model::operations::Step::ALL.len() as u64;
     let mut last = None;
     while let Some(item) = stream.next().await {
         let op = wire(item.map_err(|s| CliError::from(client.error(s)))?)?;
@@ -349,7 +350,7 @@ pub fn check_user_data(path: &Path) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operations::MachineOp;
+    use model::operations::MachineOp;
 
     #[test]
     fn json_and_text_name_every_machine_and_exit_codes_follow_the_state() {
