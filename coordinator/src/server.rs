@@ -152,6 +152,89 @@ pub async fn prepare_with_stores(
     prepare_inner(listener, config, store, maas_store, None, stop).await
 }
 
+/// The fleet's state and its tasks. They outlive the server by a little (their own stop token): they flush what
+/// the last calls queued.
+async fn start_fleet(
+    config: &Config,
+    store: Arc<dyn Store>,
+) -> Result<(Arc<Fleet>, crate::fleet::FleetTasks, CancellationToken), ServeError> {
+    let settings = FleetSettings {
+        thresholds: config.health,
+        heartbeat_interval: config.heartbeat_interval,
+        write_queue: config.write_queue,
+        evaluate_every: config.evaluate_every,
+        history_samples: config.history_samples,
+    };
+    let fleet_stop = CancellationToken::new();
+    let (fleet, tasks) = Fleet::start(store, settings, fleet_stop.clone()).await?;
+    Ok((fleet, tasks, fleet_stop))
+}
+
+type PollerTask = (CancellationToken, tokio::task::JoinHandle<()>);
+
+/// The MAAS poller, when `[maas]` is set and the store keeps a MAAS view: its view for the operators and its task.
+async fn start_poller(
+    config: &Config,
+    client: Option<&crate::maas::Client>,
+    maas_store: Option<Arc<dyn MaasStore>>,
+    fleet: &Arc<Fleet>,
+    stop: &CancellationToken,
+) -> Result<(Option<poller::MaasView>, Option<PollerTask>), ServeError> {
+    match (&config.maas, client, maas_store) {
+        (Some(maas), Some(client), Some(maas_store)) => {
+            let poller_stop = stop.child_token();
+            let events: Arc<dyn EventSink> = fleet.clone();
+            let (view, handle) = poller::start(client.clone(), maas, maas_store, events, poller_stop.clone()).await?;
+            Ok((Some(view), Some((poller_stop, handle))))
+        }
+        (Some(_), _, _) => {
+            tracing::warn!("[maas] is set but this store keeps no MAAS view; the MAAS poller is not started");
+            Ok((None, None))
+        }
+        (None, _, _) => Ok((None, None)),
+    }
+}
+
+/// How the gRPC port talks: plaintext with `--insecure`, else TLS with the coordinator's own CA and server
+/// certificate (created at the first start); with the CA file operators trust.
+fn transport(config: &Config) -> Result<(Option<std::path::PathBuf>, listener::Mode), ServeError> {
+    if config.insecure {
+        tracing::warn!(
+            "serving plaintext gRPC (--insecure): NO enrollment tokens, NO client certificates, NO operator \
+             authentication; anyone who reaches this port controls the fleet; use it for local experiments only"
+        );
+        return Ok((None, listener::Mode::Plain));
+    }
+    let pki = pki::ensure(&config.state_dir, &config.tls.extra_sans)?;
+    // Client certificates are optional at the handshake (Enroll with a token has none yet); when
+    // one is presented rustls verifies it against our CA, and each RPC says what it needs.
+    // During a CA rotation client certificates of both CAs are trusted (see crate::rotation).
+    let bundle = crate::rotation::trust_bundle(&config.state_dir).unwrap_or_else(|_| pki.ca_pem.clone());
+    let mode = listener::Mode::tls(&pki.cert_pem, &pki.key_pem, &bundle)?;
+    if !config.enroll.require_token {
+        tracing::warn!("[enroll] require_token = false: any agent that reaches this port may enroll");
+    }
+    Ok((Some(pki.ca_path), mode))
+}
+
+/// Writes `client.toml` (address, CA and, with TLS, the local admin's credential), so a bare `fleetctl status`
+/// on this host works.
+async fn write_client_config(
+    config: &Config,
+    bound: SocketAddr,
+    ca_file: Option<std::path::PathBuf>,
+    security: &Security,
+) -> Result<(), ServeError> {
+    let client_path = StateDir::new(&config.state_dir).client_config();
+    let mut client = ClientConfig::for_listener(bound, ca_file, config.insecure);
+    if !config.insecure {
+        let admin = crate::operators::ensure_local_admin(&config.state_dir, &security.store).await?;
+        client.cert_file = Some(admin.cert_file);
+        client.key_file = Some(admin.key_file);
+    }
+    client.write(&client_path).map_err(|source| ServeError::ClientConfig { path: client_path.clone(), source })
+}
+
 /// The server, with spec verification and lost-node verdicts (VerifyService) when `verify_store` is given.
 async fn prepare_inner(
     listener: TcpListener,
@@ -164,32 +247,18 @@ async fn prepare_inner(
     let bound = listener.local_addr().map_err(ServeError::Listener)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| ServeError::StateDir { path: config.state_dir.clone(), source })?;
-    let settings = FleetSettings {
-        thresholds: config.health,
-        heartbeat_interval: config.heartbeat_interval,
-        write_queue: config.write_queue,
-        evaluate_every: config.evaluate_every,
-        history_samples: config.history_samples,
-    };
-    // The fleet's tasks outlive the server by a little: they flush what the last calls queued.
-    let fleet_stop = CancellationToken::new();
-    let (fleet, tasks) = Fleet::start(store, settings, fleet_stop.clone()).await?;
+    // The order matters: the fleet first (everything publishes events through it), then MAAS, then the
+    // transport's certificates, the credentials that need them, and last the services over all of it.
+    let (fleet, tasks, fleet_stop) = start_fleet(&config, store).await?;
     // One MAAS client for the poller, the lab plan and the operations.
     let maas_client =
         config.maas.as_ref().map(crate::maas::Client::new).transpose().map_err(poller::StartError::from)?;
-    let (maas_view, poller) = match (&config.maas, &maas_client, maas_store) {
-        (Some(maas), Some(client), Some(maas_store)) => {
-            let poller_stop = stop.child_token();
-            let events: Arc<dyn EventSink> = fleet.clone();
-            let (view, handle) = poller::start(client.clone(), maas, maas_store, events, poller_stop.clone()).await?;
-            (Some(view), Some((poller_stop, handle)))
-        }
-        (Some(_), _, _) => {
-            tracing::warn!("[maas] is set but this store keeps no MAAS view; the MAAS poller is not started");
-            (None, None)
-        }
-        (None, _, _) => (None, None),
-    };
+    let (maas_view, poller) = start_poller(&config, maas_client.as_ref(), maas_store, &fleet, &stop).await?;
+    let (ca_file, mode) = transport(&config)?;
+    let security_store = crate::security_store::SecurityStore::open(&config.state_dir)?;
+    let security =
+        Security::load(security_store, config.enroll.clone(), config.insecure, config.state_dir.clone()).await?;
+    write_client_config(&config, bound, ca_file, &security).await?;
 
     // TLS is not tonic's here: crate::listener does it, with the handshake timeout and the caps.
     let limits = &config.limits;
@@ -198,36 +267,6 @@ async fn prepare_inner(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .max_concurrent_streams(limits.max_concurrent_streams);
-    let (ca_file, mode) = if config.insecure {
-        tracing::warn!(
-            "serving plaintext gRPC (--insecure): NO enrollment tokens, NO client certificates, NO operator \
-             authentication; anyone who reaches this port controls the fleet; use it for local experiments only"
-        );
-        (None, listener::Mode::Plain)
-    } else {
-        let pki = pki::ensure(&config.state_dir, &config.tls.extra_sans)?;
-        // Client certificates are optional at the handshake (Enroll with a token has none yet); when
-        // one is presented rustls verifies it against our CA, and each RPC says what it needs.
-        // During a CA rotation client certificates of both CAs are trusted (see crate::rotation).
-        let bundle = crate::rotation::trust_bundle(&config.state_dir).unwrap_or_else(|_| pki.ca_pem.clone());
-        let mode = listener::Mode::tls(&pki.cert_pem, &pki.key_pem, &bundle)?;
-        if !config.enroll.require_token {
-            tracing::warn!("[enroll] require_token = false: any agent that reaches this port may enroll");
-        }
-        (Some(pki.ca_path), mode)
-    };
-    let security_store = crate::security_store::SecurityStore::open(&config.state_dir)?;
-    let security =
-        Security::load(security_store, config.enroll.clone(), config.insecure, config.state_dir.clone()).await?;
-    let client_path = StateDir::new(&config.state_dir).client_config();
-    let mut client = ClientConfig::for_listener(bound, ca_file, config.insecure);
-    if !config.insecure {
-        // The local admin's credential, so a bare `fleetctl status` on this host works.
-        let admin = crate::operators::ensure_local_admin(&config.state_dir, &security.store).await?;
-        client.cert_file = Some(admin.cert_file);
-        client.key_file = Some(admin.key_file);
-    }
-    client.write(&client_path).map_err(|source| ServeError::ClientConfig { path: client_path.clone(), source })?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
