@@ -34,7 +34,7 @@ pub struct RedeployArgs {
 }
 
 fn wire(op: pb::Operation) -> Result<Operation, CliError> {
-    operation_from_wire(op).map_err(CliError::Failed)
+    operation_from_wire(op).map_err(|e| CliError::Failed(format!("cannot read the coordinator's operation: {e}")))
 }
 
 /// The exit code an ended operation means: 0 succeeded, 1 failed or cancelled.

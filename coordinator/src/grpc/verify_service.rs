@@ -61,7 +61,7 @@ impl VerifyService for VerifyApi {
         }
         let source = match source.as_str() {
             "" => None,
-            text => Some(wire::source_from_wire(text).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            text => Some(wire::source_from_wire(text).map_err(super::invalid)?),
         };
         let (report, source) = self.handle.accept(&name, source, &by).await.map_err(status)?;
         Ok(Response::new(pb::AcceptResponse {

@@ -6,8 +6,8 @@ use proto::v1 as pb;
 
 use super::{ClientError, FleetClient};
 
-fn unreadable(error: wire::WireError) -> ClientError {
-    ClientError::Status(tonic::Status::internal(error.to_string()))
+fn unreadable(error: model::wire::WireError) -> ClientError {
+    ClientError::Status(tonic::Status::internal(format!("cannot read the coordinator's answer: {error}")))
 }
 
 impl FleetClient {
@@ -27,7 +27,9 @@ impl FleetClient {
         let mut client = self.verify.clone();
         let request = pb::AcceptRequest { name: name.to_string(), source: source.unwrap_or_default().to_string() };
         let answer = self.unary(client.accept(request)).await?;
-        let machine = answer.machine.ok_or_else(|| unreadable(wire::WireError::Verdict(String::new())))?;
+        let machine = answer
+            .machine
+            .ok_or_else(|| unreadable(model::wire::WireError::new("machine", "is missing from the answer")))?;
         Ok((wire::report_from_wire(machine).map_err(unreadable)?, answer.source))
     }
 

@@ -96,7 +96,7 @@ fn step(s: &StepRecord) -> pb::OperationStep {
 ///
 /// # Errors
 /// A state or step this build does not know.
-pub fn operation_from_wire(wire: pb::Operation) -> Result<Operation, String> {
+pub fn operation_from_wire(wire: pb::Operation) -> Result<Operation, WireError> {
     let pb::Operation {
         id,
         kind,
@@ -153,7 +153,7 @@ pub fn operation_from_wire(wire: pb::Operation) -> Result<Operation, String> {
     })
 }
 
-pub fn state_from(text: &str) -> Result<OpState, String> {
+pub fn state_from(text: &str) -> Result<OpState, WireError> {
     [
         OpState::Pending,
         OpState::Running,
@@ -165,11 +165,14 @@ pub fn state_from(text: &str) -> Result<OpState, String> {
     ]
     .into_iter()
     .find(|s| s.as_str() == text)
-    .ok_or_else(|| format!("unknown operation state {text:?}; upgrade fleetctl"))
+    .ok_or_else(|| WireError::new("state", format!("{text:?} is unknown; upgrade fleetctl")))
 }
 
-pub fn step_from(text: &str) -> Result<Step, String> {
-    Step::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| format!("unknown step {text:?}; upgrade fleetctl"))
+pub fn step_from(text: &str) -> Result<Step, WireError> {
+    Step::ALL
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| WireError::new("step", format!("{text:?} is unknown; upgrade fleetctl")))
 }
 
 /// # Errors

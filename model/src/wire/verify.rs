@@ -2,22 +2,11 @@
 
 use proto::v1 as pb;
 
-use super::{time, timestamp};
+use super::{WireError, time, timestamp};
 use crate::domain::Health;
 use crate::verify::{
     BaselineInfo, BaselineSource, FieldVerdict, MachineReport, NodeVerdict, Observed, Rematched, Unit, Verdict,
 };
-
-/// Why a VerifyService answer cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("unknown verdict {0:?} in the coordinator's answer; upgrade fleetctl")]
-    Verdict(String),
-    #[error("unknown unit {0:?} in the coordinator's answer; upgrade fleetctl")]
-    Unit(String),
-    #[error("unknown baseline source {0:?}; use live or commissioned")]
-    Source(String),
-}
 
 pub fn report_to_wire(r: &MachineReport) -> pb::SpecReport {
     let MachineReport { hostname, system_id, machine_id, profile, baseline, verdict, reason, fields } = r;
@@ -55,7 +44,7 @@ fn non_empty(text: String) -> Option<String> {
 }
 
 fn verdict(text: &str) -> Result<Verdict, WireError> {
-    Verdict::parse(text).ok_or_else(|| WireError::Verdict(text.to_string()))
+    Verdict::parse(text).ok_or_else(|| WireError::new("verdict", format!("{text:?} is unknown; upgrade fleetctl")))
 }
 
 /// # Errors
@@ -100,7 +89,7 @@ fn field_from_wire(f: pb::SpecField) -> Result<FieldVerdict, WireError> {
         "bytes" => Unit::Bytes,
         "mbps" => Unit::Mbps,
         "text" => Unit::Text,
-        other => return Err(WireError::Unit(other.to_string())),
+        other => return Err(WireError::new("unit", format!("{other:?} is unknown; upgrade fleetctl"))),
     };
     let value = |v: pb::SpecValue| Observed { numbers: v.numbers, text: v.text };
     Ok(FieldVerdict {
@@ -120,7 +109,8 @@ fn field_from_wire(f: pb::SpecField) -> Result<FieldVerdict, WireError> {
 /// # Errors
 /// Anything but live or commissioned.
 pub fn source_from_wire(text: &str) -> Result<BaselineSource, WireError> {
-    BaselineSource::parse(text).ok_or_else(|| WireError::Source(text.to_string()))
+    BaselineSource::parse(text)
+        .ok_or_else(|| WireError::new("source", format!("{text:?} is unknown; use live or commissioned")))
 }
 
 pub fn node_to_wire(n: &NodeVerdict) -> pb::NodeVerdict {
@@ -192,6 +182,6 @@ mod tests {
         assert_eq!(report_from_wire(report_to_wire(&report)).unwrap(), report);
         let mut wire = report_to_wire(&report);
         wire.verdict = "great".into();
-        assert!(matches!(report_from_wire(wire), Err(WireError::Verdict(_))));
+        assert_eq!(report_from_wire(wire).map(|_| ()).unwrap_err().field, "verdict");
     }
 }
