@@ -6,7 +6,8 @@
 //! take every file descriptor. Here each accepted connection first takes a slot ([`slots`]); it
 //! must finish TLS within `limits.tls_handshake_timeout` and send the 24-byte HTTP/2 client preface
 //! within `limits.first_request_timeout`, or it is closed. Only then does tonic see it, with the
-//! preface replayed ([`Conn`]). Refusals and timeouts are logged at WARN, rate limited ([`warn`]).
+//! preface replayed ([`Conn`]), and the client must open its first request (a HEADERS frame) within the same
+//! timeout again, or tonic's reads fail and the connection is closed ([`FrameWatch`]). Refusals and timeouts are logged at WARN, rate limited ([`warn`]).
 //!
 //! TLS is done here with tokio-rustls and the same settings tonic used (server certificate from
 //! `pki`, client certificates optional and verified against the CA trust bundle, ALPN `h2`), and
@@ -20,10 +21,10 @@
 //! operator has no certificate and uses the general slots; so does everyone on a plaintext
 //! (`--insecure`) coordinator, which has no way to tell operators apart.
 //!
-//! What is not here: an idle timeout for an HTTP/2 connection that answers PINGs but never opens a
-//! stream. hyper's HTTP/2 server has none (tonic's `max_connection_age` would also end the agents'
-//! long Heartbeat streams); such a connection has passed TLS and the preface, and is bounded by the
-//! caps and the per-address share. Keep-alive PINGs close the dead ones.
+//! What is not here: an idle timeout for an HTTP/2 connection that made its requests and then stays open
+//! answering PINGs. hyper's HTTP/2 server has none (tonic's `max_connection_age` would also end the agents'
+//! long Heartbeat streams); such a connection is bounded by the caps and the per-address share, and
+//! keep-alive PINGs close the dead ones.
 
 pub mod config;
 pub mod slots;
@@ -31,6 +32,7 @@ pub mod slots;
 mod tests;
 pub mod warn;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -104,7 +106,58 @@ pub struct Incoming<S> {
 pub struct Conn<S> {
     io: S,
     replayed: usize,
+    /// Until the client's first request (an HTTP/2 HEADERS frame) arrives: the frames read so far and the
+    /// deadline for it, so a client that sends the preface and then nothing is closed, not held.
+    first_request: Option<FirstRequest>,
     _slot: Slot,
+}
+
+/// Watches the client's frames for its first HEADERS frame, until a deadline.
+struct FirstRequest {
+    frames: FrameWatch,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// Reads HTTP/2 frame headers (9 bytes: a 24-bit length, the type, flags, the stream id) out of the bytes a
+/// client sends after its preface, skipping each payload, to see when a HEADERS frame (type 1) arrives.
+#[derive(Debug, Default)]
+struct FrameWatch {
+    header: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to skip.
+    skip: usize,
+}
+
+/// The HTTP/2 frame type that opens a request.
+const HEADERS: u8 = 0x1;
+
+impl FrameWatch {
+    /// Feeds bytes read from the client; true once a HEADERS frame has begun.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (self.header.len() - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == self.header.len() {
+                if self.header[3] == HEADERS {
+                    return true;
+                }
+                self.skip =
+                    usize::from(self.header[0]) << 16 | usize::from(self.header[1]) << 8 | usize::from(self.header[2]);
+                self.have = 0;
+            }
+        }
+        false
+    }
 }
 
 /// What the accept loop and the connection tasks share.
@@ -258,7 +311,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
             self.replayed += n;
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        if let Some(watch) = self.first_request.as_mut()
+            && watch.deadline.as_mut().poll(cx).is_ready()
+        {
+            watch.shared.hit(Limit::FirstRequestTimeout, watch.peer);
+            self.first_request = None;
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no request within the timeout")));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(watch)) = (&read, self.first_request.as_mut())
+            && watch.frames.feed(&buf.filled()[before..])
+        {
+            self.first_request = None;
+        }
+        read
     }
 }
 
@@ -438,7 +505,7 @@ async fn preface<S: AsyncRead + Unpin>(
     mut io: S,
     peer: SocketAddr,
     mut slot: Slot,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Option<Conn<S>> {
     let mut buf = [0u8; PREFACE.len()];
     match tokio::time::timeout(shared.config.first_request_timeout, io.read_exact(&mut buf)).await {
@@ -457,5 +524,11 @@ async fn preface<S: AsyncRead + Unpin>(
         }
     }
     slot.establish().ok()?;
-    Some(Conn { io, replayed: 0, _slot: slot })
+    let first_request = Some(FirstRequest {
+        frames: FrameWatch::default(),
+        deadline: Box::pin(tokio::time::sleep(shared.config.first_request_timeout)),
+        peer,
+        shared: shared.clone(),
+    });
+    Some(Conn { io, replayed: 0, first_request, _slot: slot })
 }

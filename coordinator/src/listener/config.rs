@@ -28,7 +28,8 @@ pub struct Config {
     /// How long a client may take to finish the TLS handshake.
     #[serde(default = "default_tls_handshake_timeout", deserialize_with = "de_tls_handshake_timeout")]
     pub tls_handshake_timeout: Duration,
-    /// How long a client may take, once connected (and past TLS), to send the HTTP/2 preface.
+    /// How long a client may take, once connected (and past TLS), to send the HTTP/2 preface, and then
+    /// again to open its first request (a HEADERS frame).
     #[serde(default = "default_first_request_timeout", deserialize_with = "de_first_request_timeout")]
     pub first_request_timeout: Duration,
     /// Concurrent HTTP/2 streams (calls) per connection.

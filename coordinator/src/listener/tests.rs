@@ -253,3 +253,73 @@ async fn an_address_over_its_share_is_refused_at_once_and_a_flood_of_silent_ones
     let evicted = closed_after(oldest, flood_since).await;
     assert!(evicted < Duration::from_secs(4), "the oldest silent connection was evicted: {evicted:?}");
 }
+
+/// An HTTP/2 frame header: a 24-bit payload length, the type, flags, stream id.
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0, 0, 0, 0, 1];
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn the_frame_watch_sees_the_first_headers_frame_across_reads() {
+    let settings = frame(0x4, &[0; 12]);
+    let headers = frame(0x1, b"hpack");
+    let mut watch = FrameWatch::default();
+    assert!(!watch.feed(&settings), "SETTINGS is not a request");
+    assert!(!watch.feed(&frame(0x8, &[0, 0, 1, 0])), "nor is WINDOW_UPDATE");
+    assert!(!watch.feed(&headers[..4]), "half a frame header");
+    assert!(watch.feed(&headers[4..]), "the rest of a HEADERS frame header");
+    // A payload that happens to hold a HEADERS-looking byte at offset 3 is skipped, not mistaken.
+    let mut watch = FrameWatch::default();
+    let tricky = frame(0x0, &[0, 0, 0, 0x1, 0, 0, 0, 0, 0]);
+    assert!(!watch.feed(&tricky));
+    assert!(watch.feed(&headers));
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_the_preface_but_no_request_is_closed_and_a_request_keeps_it() {
+    let (addr, started, _stop) = start(limits(|_| {}), Mode::Plain).await;
+    let Started::Plain(mut incoming) = started else { panic!("plain") };
+
+    // The preface and SETTINGS, then nothing: tonic's reads fail once the first-request timeout passes.
+    let mut idle = connect_from(1, addr).await;
+    idle.write_all(PREFACE).await.unwrap();
+    idle.write_all(&frame(0x4, &[])).await.unwrap();
+    let since = Instant::now();
+    let mut conn = next(&mut incoming).await;
+    let mut buf = [0u8; 64];
+    let error = timeout(DEADLINE, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => panic!("the client did not close"),
+                Ok(_) => {}
+                Err(error) => return error,
+            }
+        }
+    })
+    .await
+    .expect("the idle connection is given up before the deadline");
+    assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    assert!(since.elapsed() >= Duration::from_millis(250), "not before the timeout: {:?}", since.elapsed());
+
+    // A client that makes its request in time is not touched by the timeout.
+    let mut busy = connect_from(2, addr).await;
+    busy.write_all(PREFACE).await.unwrap();
+    busy.write_all(&frame(0x4, &[])).await.unwrap();
+    busy.write_all(&frame(0x1, b"hpack")).await.unwrap();
+    let mut conn = next(&mut incoming).await;
+    let mut read = Vec::new();
+    let quiet = timeout(Duration::from_millis(900), async {
+        loop {
+            let n = conn.read(&mut buf).await?;
+            read.extend_from_slice(&buf[..n]);
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+    assert!(quiet.is_err(), "still open and quiet past the timeout: {quiet:?}");
+    assert!(read.len() >= 24 + 9 + 9 + 5, "tonic read the preface and both frames: {}", read.len());
+}
