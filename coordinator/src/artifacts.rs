@@ -4,6 +4,11 @@
 //! `GET /agent` answers the binary, `GET /agent.sha256` its hex checksum followed by `  agent`. Nothing else
 //! is served. The TLS certificate is the coordinator's own server certificate, signed by the CA that the
 //! cloud-init user data carries. The file is hashed once at start-up and read for each download.
+//!
+//! The listener has the gRPC port's kind of limits ([`crate::listener::slots`]): at most
+//! [`MAX_CONNECTIONS`] connections at once and [`MAX_PER_ADDRESS`] from one address (a refused one is closed at
+//! once, a pending one may give way to a newcomer), the TLS handshake and the request head each within 10 s,
+//! one request per connection, and a WARN line per kind of limit at most every 10 s.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +19,21 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use crate::listener::slots::{Caps, Refusal, Slot, Slots};
+use crate::listener::warn::{Limit, RateLog};
+
+/// Connections held at once: deploying servers download one file each, so a few hundred is plenty.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Connections from one address at once (a NAT of servers being deployed shares one).
+pub const MAX_PER_ADDRESS: usize = 32;
+/// How long a TLS handshake, and then the request head, may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a limit is logged at most.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The `[artifacts]` table of the coordinator's config.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -98,6 +116,24 @@ pub async fn start(
     key_pem: &str,
     stop: CancellationToken,
 ) -> Result<Artifacts, Error> {
+    let caps = Caps {
+        max_connections: MAX_CONNECTIONS,
+        per_ip: MAX_PER_ADDRESS,
+        operator_reserved: 0,
+        evict_after: HANDSHAKE_TIMEOUT / 4,
+    };
+    start_with(addr, agent, cert_pem, key_pem, caps, stop).await
+}
+
+/// [`start`] with other caps (tests).
+async fn start_with(
+    addr: SocketAddr,
+    agent: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    caps: Caps,
+    stop: CancellationToken,
+) -> Result<Artifacts, Error> {
     let agent_sha256 = sha256_file(agent).await.map_err(|source| Error::Agent { path: agent.to_owned(), source })?;
     let certs: Vec<_> = rustls_pemfile_certs(cert_pem)?;
     use rustls::pki_types::pem::PemObject as _;
@@ -114,6 +150,8 @@ pub async fn start(
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
     let served = Arc::new(Served { agent: agent.to_owned(), sha256: agent_sha256.clone() });
     tracing::info!(%addr, agent = %agent.display(), sha256 = %agent_sha256, "artifacts listening");
+    let slots = Slots::new(caps);
+    let log = Arc::new(std::sync::Mutex::new(RateLog::new(LOG_INTERVAL)));
     let task = tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -126,16 +164,41 @@ pub async fn start(
                     }
                 },
             };
+            let hit = |limit: Limit| {
+                let line = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).hit(
+                    limit,
+                    Some(peer),
+                    Instant::now(),
+                );
+                if let Some(line) = line {
+                    line.emit(LOG_INTERVAL);
+                }
+            };
+            let slot = match slots.admit(peer.ip(), false, Instant::now()) {
+                Ok(admission) => {
+                    if admission.evicted {
+                        hit(Limit::Evicted);
+                    }
+                    admission.slot
+                }
+                Err(refusal) => {
+                    hit(if refusal == Refusal::PerIp { Limit::PerIp } else { Limit::MaxConnections });
+                    continue;
+                }
+            };
             let acceptor = acceptor.clone();
             let served = served.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
+                let mut slot = slot;
+                let evicted = slot.evicted().clone();
                 let work = async {
-                    let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await??;
-                    served.answer(tls).await
+                    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await??;
+                    served.answer(tls, &mut slot).await
                 };
                 tokio::select! {
                     _ = stop.cancelled() => {}
+                    _ = evicted.cancelled() => tracing::debug!(%peer, "artifacts connection gave way to a newer one"),
                     result = tokio::time::timeout(Duration::from_secs(600), work) => match result {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => tracing::debug!(%error, %peer, "artifacts request failed"),
@@ -165,11 +228,12 @@ impl Served {
     async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         &self,
         mut stream: S,
+        slot: &mut Slot,
     ) -> std::io::Result<()> {
         let mut head = Vec::with_capacity(1024);
         let mut buf = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await??;
+            let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read(&mut buf)).await??;
             if n == 0 {
                 return Ok(());
             }
@@ -177,6 +241,10 @@ impl Served {
             if head.len() > 8192 {
                 return respond(&mut stream, 431, "text/plain", b"request head too large\n").await;
             }
+        }
+        // A whole request head: the connection is no longer one a newcomer may push out.
+        if slot.establish().is_err() {
+            return Ok(());
         }
         let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
         let mut parts = line.split_whitespace();
@@ -269,5 +337,51 @@ mod tests {
         assert_eq!(missing.status().as_u16(), 404);
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), served.task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_over_an_address_share_are_refused_at_once_and_others_still_download() {
+        use tokio::net::TcpSocket;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"pretend agent binary").unwrap();
+        let pki = crate::pki::ensure(dir.path(), &[]).unwrap();
+        let stop = CancellationToken::new();
+        let caps = Caps { max_connections: 8, per_ip: 2, operator_reserved: 0, evict_after: HANDSHAKE_TIMEOUT };
+        let served =
+            start_with("127.0.0.1:0".parse().unwrap(), &agent, &pki.cert_pem, &pki.key_pem, caps, stop.clone())
+                .await
+                .unwrap();
+        let from = |last: u8| {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
+            socket.connect(served.addr)
+        };
+        // Two silent connections from 127.0.0.5 hold its share; a third is closed at once.
+        let _one = from(5).await.unwrap();
+        let _two = from(5).await.unwrap();
+        let mut third = from(5).await.unwrap();
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "refused at once, not held: {closed:?}");
+        // Another address still gets the file over TLS.
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile_certs(&pki.ca_pem).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = from(6).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET /agent.sha256 HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await.unwrap().ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains(&served.agent_sha256), "{answer}");
+        stop.cancel();
     }
 }
