@@ -8,6 +8,8 @@ pub mod culprit;
 pub mod lab;
 pub mod maas;
 pub mod operations;
+#[cfg(test)]
+mod proptests;
 pub mod verify;
 
 /// One value on the wire that cannot become a record: which field, and why. The one error type of this
