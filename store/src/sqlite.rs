@@ -187,9 +187,9 @@ fn readable<T>(rows: impl Iterator<Item = rusqlite::Result<T>>, table: &str) -> 
 }
 
 /// [`readable`] for one optional row: an undecodable one reads as absent (and is reported).
-fn readable_one<T>(row: rusqlite::Result<Option<T>>, table: &str, key: &str) -> Result<Option<Option<T>>, StoreError> {
+fn readable_one<T>(row: rusqlite::Result<Option<T>>, table: &str, key: &str) -> Result<Option<T>, StoreError> {
     match row {
-        Ok(value) => Ok(Some(value)),
+        Ok(value) => Ok(value),
         Err(error) if is_undecodable(&error) => {
             tracing::error!(table, key, %error, "skipping a stored row that cannot be read");
             Ok(None)
@@ -315,7 +315,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1");
             let found = conn.query_row(&sql, [&machine_id], machine_from_row).optional();
-            Ok(readable_one(found, "machines", &machine_id)?.flatten())
+            readable_one(found, "machines", &machine_id)
         })
         .await
     }
@@ -371,7 +371,7 @@ impl Store for SqliteStore {
                     parse_json(row, 0)
                 })
                 .optional();
-            Ok(readable_one(found, "inventories", &machine_id)?.flatten())
+            readable_one(found, "inventories", &machine_id)
         })
         .await
     }
@@ -450,7 +450,7 @@ impl Store for SqliteStore {
                     parse_json(row, 0)
                 })
                 .optional();
-            Ok(readable_one(found, "latest_samples", &machine_id)?.flatten())
+            readable_one(found, "latest_samples", &machine_id)
         })
         .await
     }

@@ -372,16 +372,12 @@ fn fill(path: &Path) -> Result<u64> {
         match file.write(&block) {
             Ok(0) => break,
             Ok(n) => written += n as u64,
-            Err(error) if error.raw_os_error() == Some(libc_enospc()) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::StorageFull => break,
             Err(error) => return Err(error.into()),
         }
     }
     let _ = file.flush();
     Ok(written)
-}
-
-fn libc_enospc() -> i32 {
-    28
 }
 
 #[test]
